@@ -1,0 +1,333 @@
+"""The Pinterest API client: HTTP, auth, retries, rate limits and error reporting.
+
+Everything that talks to Pinterest goes through `PinterestClient.request`, so the rules
+for what is retried, how long we wait, how many calls a minute we make and how an error
+is reported live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import backoff
+import requests
+
+from target_pinterest_audiences.tokens import AuthError, TokenManager
+
+#: HTTP statuses worth retrying: rate limits and server-side trouble.
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Pinterest account states that no retry can fix; each gets its own plain message.
+ACCOUNT_BLOCKS = {
+    2626: (
+        "the ad account is under review by Pinterest and cannot accept audience uploads "
+        "until the review ends; nothing was written for this request. Check the account's "
+        "status in Pinterest Ads Manager and run again once the review is over"
+    ),
+    2625: (
+        "the ad account is disapproved by Pinterest and cannot accept audience uploads; "
+        "contact Pinterest support (quote the x-pinterest-rid)"
+    ),
+}
+_TOO_LARGE_WORDS = ("too large", "too many", "too long", "exceed", "limit")
+
+
+class TargetError(RuntimeError):
+    """An error a user can act on; its message says what, where and what to do."""
+
+
+class PinterestAPIError(TargetError):
+    """Pinterest refused a request; carries status, Pinterest's code and the request id."""
+
+    def __init__(
+        self, method: str, path: str, status: int, code: Any, message: str, rid: str, hint: str = ""
+    ) -> None:
+        self.method, self.path, self.status, self.code, self.rid = method, path, status, code, rid
+        self.api_message = message
+        text = (
+            f"Pinterest refused {method} {path}: HTTP {status}, code {code}, "
+            f"message {message!r}, x-pinterest-rid {rid}"
+        )
+        super().__init__(f"{text}. {hint}" if hint else text)
+
+
+class RequestTooLarge(PinterestAPIError):
+    """The request carried more records than Pinterest takes at once: split it and retry."""
+
+
+class RetriesExhausted(TargetError):
+    """Transient failures outlasted the retry time budget."""
+
+
+class AmbiguousWrite(TargetError):
+    """A non-idempotent write may or may not have been applied (connection lost, 5xx)."""
+
+
+class Interrupted(TargetError):
+    """The run is stopping (signal): no more retries."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter inside a time budget; Retry-After is honoured."""
+
+    budget_seconds: float = 900.0
+    base_delay: float = 1.0
+    max_delay: float = 60.0
+    factor: float = 2.0
+
+    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+        """Successive waits: full jitter over backoff's exponential series, capped."""
+        rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        for ceiling in backoff.expo(base=self.factor, factor=self.base_delay, max_value=self.max_delay):
+            if ceiling is None:  # backoff's generators are primed with a None
+                continue
+            yield rng.uniform(0, ceiling)
+
+    def wait_for(self, jittered: float, retry_after: float | None) -> float:
+        """Never wait less than Pinterest asked for; never more than max_delay unless it asked."""
+        if retry_after is not None:
+            return max(jittered, retry_after)
+        return min(jittered, self.max_delay)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (only the delta-seconds form is used by APIs like Pinterest's)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+class SlidingWindowLimiter:
+    """At most `limit` calls in any `window` seconds, counted from each call's completion.
+
+    Counting from completion (not from sending) keeps the limit true as Pinterest sees it:
+    a later call is sent only once an earlier one has answered and a full window passed.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        window: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self.sleep = sleep
+        self._done: collections.deque[float] = collections.deque()
+        self._in_flight = 0
+        self._cond = threading.Condition()
+        self.waited_seconds = 0.0
+
+    def acquire(self) -> None:
+        with self._cond:
+            while True:
+                now = self.clock()
+                while self._done and self._done[0] + self.window <= now:
+                    self._done.popleft()
+                if len(self._done) + self._in_flight < self.limit:
+                    self._in_flight += 1
+                    return
+                if self._done:
+                    wait = self._done[0] + self.window - now + 0.01
+                    self.waited_seconds += wait
+                    self._cond.release()
+                    try:
+                        self.sleep(wait)
+                    finally:
+                        self._cond.acquire()
+                else:
+                    self._cond.wait(1.0)
+
+    def release(self) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            self._done.append(self.clock())
+            self._cond.notify_all()
+
+
+class PinterestClient:
+    """Calls Pinterest with retries, token refresh, rate limits and actionable errors."""
+
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        tokens: TokenManager,
+        logger: logging.Logger,
+        retry: RetryPolicy,
+        writes_per_minute: int = 400,
+        reads_per_minute: int = 1000,
+        timeout: float = 60.0,
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.tokens = tokens
+        self.logger = logger
+        self.retry = retry
+        self.timeout = timeout
+        self.write_limiter = SlidingWindowLimiter(writes_per_minute)
+        self.read_limiter = SlidingWindowLimiter(reads_per_minute)
+        self.stop_event = stop_event or threading.Event()
+        self.session = requests.Session()
+        self.session.headers["Accept"] = "application/json"
+        self.requests_sent = 0
+        self.writes_sent = 0
+        self.retries = 0
+        self.last_rid: str | None = None
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        idempotent: bool = True,
+    ) -> dict[str, Any]:
+        """One API call, retried on 429/5xx/timeouts/dropped connections within the budget.
+
+        A non-idempotent call (a create) whose outcome is unknown raises AmbiguousWrite
+        instead of being repeated blindly: the caller checks whether it took effect.
+        """
+        is_write = method.upper() in {"POST", "PATCH", "PUT", "DELETE"}
+        limiter = self.write_limiter if is_write else self.read_limiter
+        deadline = time.monotonic() + self.retry.budget_seconds
+        delays = self.retry.delays()
+        attempts = 0
+        refreshed = False
+        last_problem = ""
+        while True:
+            if self.stop_event.is_set():
+                raise Interrupted(f"stopped before {method} {path} completed")
+            attempts += 1
+            token = self.tokens.access_token()
+            limiter.acquire()
+            try:
+                response = self.session.request(
+                    method,
+                    self.api_url + path,
+                    json=json,
+                    params=params,
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=self.timeout,
+                )
+            except requests.RequestException as exc:
+                response = None
+                problem = f"{type(exc).__name__} (no answer)"
+                # A refused connection never reached Pinterest; anything later might have.
+                sent = not isinstance(exc, requests.ConnectionError) or _maybe_sent(exc)
+            finally:
+                limiter.release()
+                self.requests_sent += 1
+                if is_write:
+                    self.writes_sent += 1
+
+            retry_after: float | None = None
+            if response is not None:
+                rid = response.headers.get("x-pinterest-rid") or "-"
+                self.last_rid = rid
+                status = response.status_code
+                if 200 <= status < 300:
+                    return _json_body(response)
+                code, message = _error_fields(response)
+                if status == 401 and not refreshed:
+                    refreshed = True
+                    self.logger.info("HTTP 401 on %s %s; refreshing the access token", method, path)
+                    try:
+                        self.tokens.on_unauthorized(token)
+                    except AuthError as exc:
+                        raise TargetError(f"{exc} (x-pinterest-rid {rid})") from None
+                    continue
+                if _is_too_large(status, message):
+                    raise RequestTooLarge(method, path, status, code, message, rid)
+                if status not in RETRYABLE_STATUSES:
+                    hint = ACCOUNT_BLOCKS.get(code, "") if status == 403 else ""
+                    if status == 401:
+                        hint = (
+                            "The access token was refused again after a refresh: check that the "
+                            "app has the ads:read and ads:write scopes and reconnect"
+                        )
+                    raise PinterestAPIError(method, path, status, code, message, rid, hint)
+                problem = f"HTTP {status} code {code}"
+                sent = status != 429
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            last_problem = problem
+            if sent and not idempotent:
+                raise AmbiguousWrite(
+                    f"{method} {path} failed with {problem}; it may have been applied"
+                )
+            wait = self.retry.wait_for(next(delays), retry_after)
+            if time.monotonic() + wait > deadline:
+                raise RetriesExhausted(
+                    f"{method} {path} still failing after {attempts} attempts over the "
+                    f"{self.retry.budget_seconds:.0f}s retry budget (retry_max_seconds); last "
+                    f"failure: {last_problem}; last x-pinterest-rid {self.last_rid or '-'}. "
+                    "Pinterest or the network is unavailable: run again later (the next run "
+                    "resumes from the last checkpoint)"
+                )
+            self.retries += 1
+            self.logger.warning(
+                "%s %s: %s; retry %d in %.2fs", method, path, problem, attempts, wait
+            )
+            if self.stop_event.wait(wait):
+                raise Interrupted(f"stopped while retrying {method} {path}")
+
+    def paginate(self, path: str, page_size: int = 250) -> Iterator[dict[str, Any]]:
+        """Every item of a bookmark-paginated list endpoint."""
+        bookmark: str | None = None
+        while True:
+            params: dict[str, Any] = {"page_size": page_size}
+            if bookmark:
+                params["bookmark"] = bookmark
+            page = self.request("GET", path, params=params)
+            yield from page.get("items") or []
+            bookmark = page.get("bookmark")
+            if not bookmark:
+                return
+
+
+def _maybe_sent(exc: requests.RequestException) -> bool:
+    """Whether a connection error may have happened after the request went out."""
+    text = repr(exc)
+    return not any(
+        marker in text
+        for marker in ("NewConnectionError", "Connection refused", "Name or service not known")
+    )
+
+
+def _json_body(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {"items": body}
+
+
+def _error_fields(response: requests.Response) -> tuple[Any, str]:
+    try:
+        body = response.json()
+    except ValueError:
+        return None, (response.text or "")[:200]
+    if not isinstance(body, dict):
+        return None, str(body)[:200]
+    return body.get("code"), str(body.get("message", ""))[:500]
+
+
+def _is_too_large(status: int, message: str) -> bool:
+    if status == 413:
+        return True
+    lowered = message.lower()
+    return status == 400 and "record" in lowered and any(w in lowered for w in _TOO_LARGE_WORDS)
