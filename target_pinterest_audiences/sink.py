@@ -1,0 +1,148 @@
+"""The record flow: from each RECORD to batches of hashed identifiers, in input order.
+
+Records of every stream go through one `RecordFlow`, because a run syncs one segment and
+the final membership must equal applying every action in input order. The flow validates
+and hashes each record (identifiers.py), enforces the one-segment rule, keeps the final
+action per identifier in the open batch (the later action wins), and cuts the batch into
+the uploader's queue when it holds `identifiers_per_request` identifiers. Tap STATE is
+attached to the open batch, so it is emitted only after every record before it is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from singer_sdk.sinks import BatchSink
+
+from target_pinterest_audiences.client import TargetError
+from target_pinterest_audiences.identifiers import InvalidRecord, parse_record
+from target_pinterest_audiences.uploader import Batch, Report, Uploader
+
+if TYPE_CHECKING:
+    from singer_sdk.sinks.core import BaseJSONSchemaValidator
+
+#: How many skipped records are logged one by one before only the counts are kept.
+SKIP_LOG_LIMIT = 20
+
+
+class RecordFlow:
+    """Turns records into ordered batches for the uploader; one per run, shared by all sinks."""
+
+    def __init__(
+        self,
+        *,
+        uploader: Uploader,
+        report: Report,
+        identifiers_per_request: int,
+        skip_invalid: bool,
+        logger: logging.Logger,
+    ) -> None:
+        self.uploader = uploader
+        self.report = report
+        self.per_request = identifiers_per_request
+        self.skip_invalid = skip_invalid
+        self.logger = logger
+        self.record_number = 0
+        self.segment: tuple[str, str | None] | None = None
+        self.segment_first_record = 0
+        self.open = Batch()
+
+    def add(self, record: dict[str, Any], stream: str) -> None:
+        self.record_number += 1
+        self.report.records_received += 1
+        try:
+            parsed = parse_record(record)
+        except InvalidRecord as exc:
+            self._invalid(exc, stream)
+            return
+        segment = (parsed.segment_name, parsed.segment_id)
+        if self.segment is None:
+            self.segment = segment
+            self.segment_first_record = self.record_number
+            self.open.segment_name, self.open.segment_id = segment
+        elif segment != self.segment:
+            self._second_segment(segment)
+        ops = self.open.ops
+        is_add = parsed.is_add
+        for kind, digest in parsed.identifiers:
+            ops[digest] = is_add
+            self.open.kinds.add(kind)
+        self.open.last_record = self.record_number
+        if len(ops) >= self.per_request:
+            self.cut()
+
+    def on_state(self, state: dict[str, Any]) -> None:
+        """The tap's state covers every record so far: it rides on the open batch."""
+        self.open.state_after = state
+
+    def cut(self) -> None:
+        """Hand the open batch to the writer (blocking while its queue is full)."""
+        if self.uploader.error is not None:
+            raise _as_target_error(self.uploader.error)
+        batch = self.open
+        if not batch.ops and batch.state_after is None:
+            return
+        if not batch.ops:
+            batch.last_record = self.record_number
+        self.open = Batch(segment_name=batch.segment_name, segment_id=batch.segment_id)
+        self.uploader.submit(batch)
+
+    def discard_open(self) -> None:
+        """Drop the open batch: on a fatal record or a signal, none of it is written."""
+        self.open = Batch()
+
+    def _invalid(self, exc: InvalidRecord, stream: str) -> None:
+        where = f"record {self.record_number} (stream '{stream}')"
+        if not self.skip_invalid:
+            raise TargetError(
+                f"{where} is invalid: {exc}. Nothing of the batch holding it was written. Fix "
+                "the source, map the field with stream_maps, or set on_invalid_record=skip "
+                "to drop such records and go on"
+            )
+        skipped = self.report.records_skipped
+        skipped[exc.reason] = skipped.get(exc.reason, 0) + 1
+        total = sum(skipped.values())
+        if total <= SKIP_LOG_LIMIT:
+            self.logger.warning("Skipping %s: %s", where, exc)
+        elif total == SKIP_LOG_LIMIT + 1:
+            self.logger.warning(
+                "More invalid records are being skipped; only their counts are reported now"
+            )
+
+    def _second_segment(self, segment: tuple[str, str | None]) -> None:
+        assert self.segment is not None
+        raise TargetError(
+            f"record {self.record_number} belongs to segment_name {segment[0]!r} "
+            f"(segment_id {segment[1] or 'none'}) but record {self.segment_first_record} "
+            f"began segment_name {self.segment[0]!r} (segment_id {self.segment[1] or 'none'}); "
+            "one run syncs exactly one segment. Nothing of the batch holding this record was "
+            "written. Split the data into one run per segment (for example one Meltano job "
+            "per segment, filtered with stream_maps)"
+        )
+
+
+def _as_target_error(exc: BaseException) -> TargetError:
+    return exc if isinstance(exc, TargetError) else TargetError(f"{type(exc).__name__}: {exc}")
+
+
+class AudienceSink(BatchSink):
+    """Hands each record to the run's RecordFlow; batching is by identifiers, not rows."""
+
+    #: Rows are only a secondary limit (the batch_size_rows setting); identifiers decide.
+    MAX_SIZE_DEFAULT = 1_000_000
+
+    def get_validator(self) -> BaseJSONSchemaValidator | None:
+        """No tap-schema validation: records are checked against our own standard schema,
+        by hand, because jsonschema errors quote the offending (raw) value."""
+        return None
+
+    @property
+    def flow(self) -> RecordFlow:
+        return self.target.flow  # type: ignore[attr-defined,no-any-return]
+
+    def process_record(self, record: dict, context: dict) -> None:
+        self.flow.add(record, self.stream_name)
+
+    def process_batch(self, context: dict) -> None:
+        self.flow.cut()

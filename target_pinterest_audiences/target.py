@@ -1,0 +1,496 @@
+"""Settings and wiring: the target class, its settings, STATE output and run lifecycle."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import logging
+import re
+import sys
+import threading
+import typing as t
+from pathlib import Path
+
+from singer_sdk import typing as th
+from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.helpers.capabilities import (
+    TARGET_BATCH_SIZE_ROWS_CONFIG,
+    CapabilitiesEnum,
+    PluginCapabilities,
+)
+from singer_sdk.configuration._dict_config import (
+    merge_missing_config_jsonschema as _merge_missing,
+)
+from singer_sdk.plugin_base import JSONSchemaValidator, _ConfigInput
+from singer_sdk.target_base import Target
+
+from target_pinterest_audiences.client import PinterestClient, RetryPolicy, TargetError
+from target_pinterest_audiences.sink import AudienceSink, RecordFlow
+from target_pinterest_audiences.tokens import (
+    AuthError,
+    TokenManager,
+    TokenStore,
+    default_token_cache_path,
+)
+from target_pinterest_audiences.uploader import MIN_AUDIENCE_SIZE, Report, Uploader
+
+if t.TYPE_CHECKING:
+    from types import FrameType
+
+DEFAULT_API_URL = "https://api.pinterest.com/v5"
+SECRET_SETTINGS = ("access_token", "refresh_token", "client_id", "client_secret")
+LIST_TYPES = ("auto", "EMAIL", "IDFA", "MAID")
+_DIGITS = re.compile(r"^[0-9]+$")
+
+
+def _json_default(value: t.Any) -> t.Any:
+    """STATE from taps may hold Decimals (numbers) and datetimes once parsed."""
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    raise TypeError(f"cannot write a {type(value).__name__} into STATE")
+
+
+class TargetPinterestAudiences(Target):
+    """Syncs one segment of customers into a Pinterest Customer List and its Audience."""
+
+    name = "target-pinterest-audiences"
+    default_sink_class = AudienceSink
+    capabilities: t.ClassVar[list[CapabilitiesEnum]] = [
+        PluginCapabilities.ABOUT,
+        PluginCapabilities.STREAM_MAPS,
+        PluginCapabilities.FLATTENING,
+        PluginCapabilities.STRUCTURED_LOGGING,
+    ]
+
+    config_jsonschema = th.PropertiesList(
+        th.Property(
+            "ad_account_id",
+            th.StringType(pattern=r"^[0-9]+$"),
+            required=True,
+            title="Ad account id",
+            description="The Pinterest ad account (digits) that owns the Customer List and Audience.",
+        ),
+        th.Property(
+            "audience_name",
+            th.StringType,
+            title="Audience name",
+            description=(
+                "Name of the CUSTOMER_LIST Audience to create or adopt. Required unless "
+                "audience_id is set."
+            ),
+        ),
+        th.Property(
+            "audience_id",
+            th.StringType(pattern=r"^[0-9]+$"),
+            title="Audience id",
+            description=(
+                "An existing CUSTOMER_LIST Audience to keep in sync; its rule names the Customer "
+                "List that is updated."
+            ),
+        ),
+        th.Property(
+            "audience_description",
+            th.StringType,
+            title="Audience description",
+            description="Description given to a newly created Audience.",
+        ),
+        th.Property(
+            "access_token",
+            th.StringType,
+            secret=True,
+            title="Access token",
+            description=(
+                "Pinterest OAuth access token (scopes ads:read, ads:write). Works alone until it "
+                "expires; with refresh_token, client_id and client_secret it is renewed."
+            ),
+        ),
+        th.Property(
+            "refresh_token",
+            th.StringType,
+            secret=True,
+            title="Refresh token",
+            description=(
+                "Pinterest continuous refresh token. Each refresh returns a new one, which the "
+                "target saves to token_cache_path and prefers on later runs."
+            ),
+        ),
+        th.Property(
+            "client_id",
+            th.StringType,
+            secret=True,
+            title="App id (client_id)",
+            description="Your Pinterest app's id, needed to refresh tokens.",
+        ),
+        th.Property(
+            "client_secret",
+            th.StringType,
+            secret=True,
+            title="App secret (client_secret)",
+            description="Your Pinterest app's secret key, needed to refresh tokens.",
+        ),
+        th.Property(
+            "token_cache_path",
+            th.StringType,
+            title="Token file",
+            description=(
+                "Where the newest token pair is kept (mode 0600). Default: "
+                "~/.config/target-pinterest-audiences/tokens-<ad_account_id>.json "
+                "($XDG_CONFIG_HOME respected)."
+            ),
+        ),
+        th.Property(
+            "api_url",
+            th.StringType,
+            default=DEFAULT_API_URL,
+            title="API base URL",
+            description="Pinterest API v5 base URL; point it at the local emulator for testing.",
+        ),
+        th.Property(
+            "on_invalid_record",
+            th.StringType(allowed_values=["fail", "skip"]),
+            default="fail",
+            title="On invalid record",
+            description=(
+                "fail: stop before writing the batch holding an invalid record and exit non-zero; "
+                "skip: drop it, count it by reason, and go on."
+            ),
+        ),
+        th.Property(
+            "dry_run",
+            th.BooleanType,
+            default=False,
+            title="Dry run",
+            description=(
+                "Validate, normalize, hash and report what would be created, added and removed, "
+                "without any write request."
+            ),
+        ),
+        th.Property(
+            "identifiers_per_request",
+            th.IntegerType(minimum=1, maximum=100_000),
+            default=10_000,
+            title="Identifiers per request",
+            description="Hashed identifiers sent in one create/update request.",
+        ),
+        th.Property(
+            "list_type",
+            th.StringType(allowed_values=list(LIST_TYPES)),
+            default="auto",
+            title="Customer List type",
+            description=(
+                "list_type of a new Customer List. auto: MAID or IDFA when the first upload holds "
+                "only that kind of id, else EMAIL (Pinterest's default)."
+            ),
+        ),
+        th.Property(
+            "max_writes_per_minute",
+            th.IntegerType(minimum=1),
+            default=400,
+            title="Max writes per minute",
+            description=(
+                "Client-side cap on write calls in any 60-second window (Pinterest's Standard "
+                "ads-write limit is about 400/minute)."
+            ),
+        ),
+        th.Property(
+            "max_reads_per_minute",
+            th.IntegerType(minimum=1),
+            default=1000,
+            title="Max reads per minute",
+            description="Client-side cap on read calls in any 60-second window.",
+        ),
+        th.Property(
+            "retry_max_seconds",
+            th.NumberType(minimum=0),
+            default=900,
+            title="Retry time budget (s)",
+            description=(
+                "How long one request is retried on 429, 5xx, timeouts and dropped connections "
+                "before the run gives up."
+            ),
+        ),
+        th.Property(
+            "retry_base_delay_seconds",
+            th.NumberType(minimum=0),
+            default=1.0,
+            title="Retry base delay (s)",
+            description="First backoff ceiling; each retry doubles it (full jitter).",
+        ),
+        th.Property(
+            "retry_max_delay_seconds",
+            th.NumberType(minimum=0),
+            default=60.0,
+            title="Retry max delay (s)",
+            description="Upper bound of one backoff wait (a longer Retry-After is still honoured).",
+        ),
+        th.Property(
+            "request_timeout_seconds",
+            th.NumberType(minimum=1),
+            default=60.0,
+            title="Request timeout (s)",
+            description="Timeout of one HTTP request.",
+        ),
+    ).to_dict()
+
+    # ---- settings --------------------------------------------------------------------
+
+    @classmethod
+    def append_builtin_config(cls, config_jsonschema: dict) -> None:
+        """Only the built-ins that mean something here (no load_method, no sdc metadata)."""
+        _merge_missing(TARGET_BATCH_SIZE_ROWS_CONFIG, config_jsonschema)
+        super(Target, cls).append_builtin_config(config_jsonschema)
+
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        """Schema and cross-setting checks; messages name the setting, never a secret value."""
+        schema = self.config_jsonschema
+        self.append_builtin_config(schema)
+        errors: list[str] = []
+        for error in JSONSchemaValidator(schema).iter_errors(self._config):
+            setting = ".".join(str(p) for p in error.path)
+            if not setting:
+                errors.append(f"settings: {error.message}")
+            elif error.path[0] in SECRET_SETTINGS:
+                errors.append(f"setting '{setting}' is invalid: it must be a string")
+            else:
+                errors.append(f"setting '{setting}': {error.message}")
+        errors.extend(self._cross_setting_errors())
+        if errors and raise_errors:
+            raise ConfigValidationError(
+                "Config validation failed", errors=errors, schema=schema
+            )
+        return errors
+
+    def _cross_setting_errors(self) -> list[str]:
+        config = self._config
+        errors = []
+        if not config.get("audience_name") and not config.get("audience_id"):
+            errors.append(
+                "setting 'audience_name' is required unless 'audience_id' names an existing "
+                "Audience"
+            )
+        refresh_parts = {k: bool(config.get(k)) for k in ("refresh_token", "client_id", "client_secret")}
+        missing_refresh = [k for k, present in refresh_parts.items() if not present]
+        has_file = self._token_path(config).exists()
+        if not config.get("dry_run") and not config.get("access_token") and not has_file:
+            if missing_refresh:
+                errors.append(
+                    "credentials: set 'access_token', or all of 'refresh_token', 'client_id' and "
+                    "'client_secret' (missing: " + ", ".join(missing_refresh) + "), or connect "
+                    "with `target-pinterest-audiences-auth` to create the token file "
+                    f"({self._token_path(config)})"
+                )
+        return errors
+
+    @staticmethod
+    def _token_path(config: t.Mapping[str, t.Any]) -> Path:
+        raw = config.get("token_cache_path")
+        if raw:
+            return Path(str(raw)).expanduser()
+        return default_token_cache_path(str(config.get("ad_account_id") or "unknown"))
+
+    # ---- wiring ----------------------------------------------------------------------
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Records of all streams share one ordered flow; nothing is gained by parallel drains.
+        self.max_parallelism = 1
+        self._stdout_lock = threading.Lock()
+        config = self.config
+        self.dry_run = bool(config.get("dry_run"))
+        self.report = Report(
+            ad_account_id=config["ad_account_id"],
+            audience_name=config.get("audience_name"),
+            dry_run=self.dry_run,
+        )
+        self.client = self._make_client()
+        self.uploader = Uploader(
+            client=self.client,
+            ad_account_id=config["ad_account_id"],
+            audience_name=config.get("audience_name"),
+            audience_id=config.get("audience_id"),
+            audience_description=config.get("audience_description"),
+            identifiers_per_request=int(config.get("identifiers_per_request", 10_000)),
+            list_type=config.get("list_type", "auto"),
+            dry_run=self.dry_run,
+            report=self.report,
+            emit_state=self._emit_state,
+            logger=self.logger,
+        )
+        self.flow = RecordFlow(
+            uploader=self.uploader,
+            report=self.report,
+            identifiers_per_request=int(config.get("identifiers_per_request", 10_000)),
+            skip_invalid=config.get("on_invalid_record", "fail") == "skip",
+            logger=self.logger,
+        )
+        self.uploader.check_audience()
+        self.uploader.start()
+        if self.dry_run:
+            self.logger.info("Dry run: nothing will be written to Pinterest")
+
+    def _make_client(self) -> PinterestClient | None:
+        config = self.config
+        store = TokenStore(self._token_path(config))
+        tokens = TokenManager(
+            api_url=config.get("api_url") or DEFAULT_API_URL,
+            client_id=config.get("client_id"),
+            client_secret=config.get("client_secret"),
+            access_token=config.get("access_token"),
+            refresh_token=config.get("refresh_token"),
+            store=store,
+            logger=self.logger,
+            timeout=float(config.get("request_timeout_seconds", 60)),
+        )
+        if not tokens.has_credentials:
+            if self.dry_run:
+                self.logger.info("Dry run without credentials: Pinterest is not contacted at all")
+                return None
+            raise TargetError("no usable credentials (see the credentials setting error)")
+        if not tokens.can_refresh:
+            missing = [
+                k for k in ("refresh_token", "client_id", "client_secret") if not config.get(k)
+            ]
+            self.logger.warning(
+                "Only an access token is available; it works until it expires (Pinterest access "
+                "tokens last 30 days). To renew it automatically set: %s",
+                ", ".join(missing) or "a refresh token",
+            )
+        tokens.warn_if_refresh_expiring()
+        return PinterestClient(
+            api_url=config.get("api_url") or DEFAULT_API_URL,
+            tokens=tokens,
+            logger=self.logger,
+            retry=RetryPolicy(
+                budget_seconds=float(config.get("retry_max_seconds", 900)),
+                base_delay=float(config.get("retry_base_delay_seconds", 1.0)),
+                max_delay=float(config.get("retry_max_delay_seconds", 60.0)),
+            ),
+            writes_per_minute=int(config.get("max_writes_per_minute", 400)),
+            reads_per_minute=int(config.get("max_reads_per_minute", 1000)),
+            timeout=float(config.get("request_timeout_seconds", 60)),
+        )
+
+    # ---- messages --------------------------------------------------------------------
+
+    def _process_state_message(self, message_dict: dict) -> None:
+        """Never echo tap state at once: it waits until its records are written."""
+        self._assert_line_requires(message_dict, requires={"value"})
+        self.flow.on_state(message_dict["value"])
+
+    def _emit_state(self, state: dict[str, t.Any]) -> None:
+        if self.dry_run:
+            # A dry run wrote nothing: never advance the tap's bookmark past it.
+            state = {"pinterest_audience": state["pinterest_audience"]}
+        self._write_state_message(state)
+
+    def _write_state_message(self, state: dict) -> None:
+        line = json.dumps(state, default=_json_default, separators=(",", ":"))
+        with self._stdout_lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    # ---- end of run ------------------------------------------------------------------
+
+    def process_endofpipe(self) -> None:
+        super().process_endofpipe()
+        self.flow.cut()
+        self.uploader.finish()
+        if self.uploader.error is not None:
+            err = self.uploader.error
+            raise err if isinstance(err, TargetError) else TargetError(f"{type(err).__name__}: {err}")
+        self.report.complete = True
+        self._emit_state(self.uploader.state_line())
+        self._log_summary()
+
+    def stop_after_error(self) -> None:
+        """After a fatal error: write what precedes it, checkpoint, and report."""
+        self.flow.discard_open()
+        if self.uploader.error is None:
+            self.uploader.finish()
+        else:
+            self.uploader.abort()
+        self._emit_state(self.uploader.state_line())
+        self._log_summary()
+
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM/SIGINT: stop reading, finish the request in flight, checkpoint, exit non-zero."""
+        self.logger.warning(
+            "Received signal %d: stopping after the request in flight; records not yet written "
+            "are left for the next run (state is written only for what Pinterest confirmed)",
+            signum,
+        )
+        self.flow.discard_open()
+        self.uploader.abort()
+        self._emit_state(self.uploader.state_line())
+        self._log_summary()
+        sys.exit(128 + signum)
+
+    def _log_summary(self) -> None:
+        r = self.report
+        skipped = ", ".join(f"{k}: {v}" for k, v in sorted(r.records_skipped.items())) or "none"
+        prefix = "Dry run (nothing written): would have" if self.dry_run else "Run summary:"
+        self.logger.info(
+            "%s Customer List %s (%s%s), Audience %s (%s%s); records received %d, skipped %d "
+            "(%s); identifiers added %d, removed %d, removes before the list existed %d; "
+            "requests %d, retries %d",
+            prefix,
+            r.segment_id or "-",
+            r.segment_name or "no segment",
+            ", created" if r.list_created else "",
+            r.audience_id or "-",
+            r.audience_name or "-",
+            ", created" if r.audience_created else "",
+            r.records_received,
+            sum(r.records_skipped.values()),
+            skipped,
+            r.identifiers_added,
+            r.identifiers_removed,
+            r.removes_without_list,
+            r.requests,
+            r.retries,
+        )
+        distinct = len(self.uploader.distinct_added)
+        if r.records_received and distinct < MIN_AUDIENCE_SIZE:
+            self.logger.warning(
+                "Only %d distinct identifiers were added in this run: Pinterest needs at least %d "
+                "matched users before an Audience can be targeted (matching takes 24-48 hours)",
+                distinct,
+                MIN_AUDIENCE_SIZE,
+            )
+
+    # ---- CLI -------------------------------------------------------------------------
+
+    @classmethod
+    def invoke(  # type: ignore[override]
+        cls,
+        *,
+        about: bool = False,
+        about_format: str | None = None,
+        config: _ConfigInput | None = None,
+        file_input: t.IO[str] | None = None,
+    ) -> None:
+        """As singer-sdk's, but errors a user can act on end the run cleanly, without a traceback."""
+        super(Target, cls).invoke(about=about, about_format=about_format)
+        cls.print_version(print_fn=cls.logger.info)
+        config = config or _ConfigInput()
+        target: TargetPinterestAudiences | None = None
+        try:
+            target = cls(
+                config=config.config, validate_config=True, parse_env_config=config.parse_env
+            )
+            target.listen(file_input)
+        except (TargetError, AuthError) as exc:
+            logging.getLogger(cls.name).error("%s", exc)
+            if target is not None:
+                try:
+                    target.stop_after_error()
+                except (TargetError, AuthError) as second:
+                    logging.getLogger(cls.name).error("While stopping: %s", second)
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    TargetPinterestAudiences.cli()

@@ -1,0 +1,447 @@
+"""What is written where: resolving the list and audience, and writing batches in order.
+
+The uploader runs one writer thread. Batches arrive from the record flow in input
+order through a bounded queue (so memory stays flat and hashing overlaps with waiting on
+Pinterest) and are written strictly one request at a time: a REMOVE can never overtake
+an earlier ADD of the same identifier, retries included. After each batch is confirmed,
+the tap state that followed it is emitted, so STATE never runs ahead of the data.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from target_pinterest_audiences.client import (
+    AmbiguousWrite,
+    Interrupted,
+    PinterestAPIError,
+    PinterestClient,
+    RequestTooLarge,
+    TargetError,
+)
+
+#: Stands for the list a dry run would have created, so later batches count as updates.
+DRY_RUN_NEW_LIST = "(new)"
+#: Pinterest needs this many matched users before an Audience can be targeted.
+MIN_AUDIENCE_SIZE = 100
+
+
+@dataclass
+class Batch:
+    """Identifiers to write, each with its final action in this batch, plus the state after."""
+
+    ops: dict[str, bool] = field(default_factory=dict)  # sha256 -> True (add) / False (remove)
+    kinds: set[str] = field(default_factory=set)
+    segment_name: str | None = None
+    segment_id: str | None = None
+    last_record: int = 0
+    #: The latest tap state received after every record of this batch, if any.
+    state_after: dict[str, Any] | None = None
+
+
+@dataclass
+class Report:
+    """Run counters; they ride on every STATE line as `pinterest_audience`."""
+
+    ad_account_id: str
+    audience_name: str | None
+    dry_run: bool
+    segment_name: str | None = None
+    segment_id: str | None = None
+    audience_id: str | None = None
+    list_created: bool = False
+    audience_created: bool = False
+    records_received: int = 0
+    records_written: int = 0
+    records_skipped: dict[str, int] = field(default_factory=dict)
+    identifiers_added: int = 0
+    identifiers_removed: int = 0
+    removes_without_list: int = 0
+    requests: int = 0
+    retries: int = 0
+    token_refreshes: int = 0
+    complete: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ad_account_id": self.ad_account_id,
+            "segment_id": self.segment_id,
+            "segment_name": self.segment_name,
+            "audience_id": self.audience_id,
+            "audience_name": self.audience_name,
+            "list_created": self.list_created,
+            "audience_created": self.audience_created,
+            "records_received": self.records_received,
+            "records_written": self.records_written,
+            "records_skipped": dict(self.records_skipped),
+            "identifiers_added": self.identifiers_added,
+            "identifiers_removed": self.identifiers_removed,
+            "removes_without_list": self.removes_without_list,
+            "requests": self.requests,
+            "retries": self.retries,
+            "token_refreshes": self.token_refreshes,
+            "dry_run": self.dry_run,
+            "complete": self.complete,
+        }
+
+
+_STOP = object()
+
+
+class Uploader:
+    """Owns the writer thread, the list/audience ids and the checkpoint of confirmed state."""
+
+    def __init__(
+        self,
+        *,
+        client: PinterestClient | None,
+        ad_account_id: str,
+        audience_name: str | None,
+        audience_id: str | None,
+        audience_description: str | None,
+        identifiers_per_request: int,
+        list_type: str,
+        dry_run: bool,
+        report: Report,
+        emit_state: Callable[[dict[str, Any]], None],
+        logger: logging.Logger,
+        queue_depth: int = 3,
+    ) -> None:
+        self.client = client
+        self.account = ad_account_id
+        self.audience_name = audience_name
+        self.audience_id = audience_id
+        self.audience_description = audience_description
+        self.per_request = identifiers_per_request
+        self.list_type = list_type
+        self.dry_run = dry_run
+        self.report = report
+        self.emit_state = emit_state
+        self.logger = logger
+        self.list_id: str | None = None
+        self._resolved = False
+        self._audience_rule_list: str | None = None
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_depth)
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.stopping = threading.Event()
+        self.confirmed_state: dict[str, Any] | None = None
+        #: Up to MIN_AUDIENCE_SIZE distinct added identifiers, to warn on tiny audiences.
+        self.distinct_added: set[str] = set()
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pinterest-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: Batch) -> None:
+        """Queue a batch; blocks while the queue is full (backpressure keeps memory flat)."""
+        while True:
+            if self.error is not None or self.stopping.is_set():
+                return
+            try:
+                self._queue.put(batch, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        """Wait until every queued batch is written (or the writer failed)."""
+        if self._thread is None:
+            return
+        if self.error is None and not self.stopping.is_set():
+            while True:
+                try:
+                    self._queue.put(_STOP, timeout=0.5)
+                    break
+                except queue.Full:
+                    if self.error is not None or not self._thread.is_alive():
+                        break
+        self._thread.join()
+
+    def abort(self) -> None:
+        """Stop after the request in flight: queued batches are dropped, never half-written."""
+        self.stopping.set()
+        if self.client:
+            self.client.stop_event.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    # ---- the writer thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP or self.stopping.is_set():
+                return
+            try:
+                self.write_batch(item)
+            except Interrupted:
+                return
+            except BaseException as exc:  # reported by the main thread
+                self.error = exc
+                return
+            if item.state_after is not None:
+                self.confirmed_state = item.state_after
+            self.emit_state(self.state_line())
+
+    def state_line(self) -> dict[str, Any]:
+        """The latest confirmed tap state plus our report."""
+        state = dict(self.confirmed_state or {})
+        self._sync_counters()
+        state["pinterest_audience"] = self.report.as_dict()
+        return state
+
+    def _sync_counters(self) -> None:
+        if self.client is not None:
+            self.report.requests = self.client.requests_sent
+            self.report.retries = self.client.retries
+            self.report.token_refreshes = self.client.tokens.refreshes
+
+    # ---- resolving the list and audience ---------------------------------------------
+
+    def check_audience(self) -> None:
+        """With audience_id: read the audience first; its rule names the list to update."""
+        if not self.audience_id or self.client is None:
+            return
+        path = f"/ad_accounts/{self.account}/audiences/{self.audience_id}"
+        try:
+            audience = self.client.request("GET", path)
+        except PinterestAPIError as exc:
+            if exc.status == 404:
+                raise TargetError(
+                    f"audience_id {self.audience_id}: no such Audience in ad account "
+                    f"{self.account} (HTTP 404, x-pinterest-rid {exc.rid}); fix the audience_id "
+                    "setting or remove it to create one"
+                ) from None
+            raise
+        rule = audience.get("rule") or {}
+        list_id = rule.get("customer_list_id")
+        if audience.get("audience_type") != "CUSTOMER_LIST" or not list_id:
+            raise TargetError(
+                f"audience_id {self.audience_id} is a {audience.get('audience_type')} audience, "
+                "not a CUSTOMER_LIST audience: it has no Customer List to update"
+            )
+        self._audience_rule_list = str(list_id)
+        self.report.audience_id = self.audience_id
+        self.logger.info(
+            "Audience %s uses Customer List %s", self.audience_id, self._audience_rule_list
+        )
+
+    def resolve(self, segment_name: str, segment_id: str | None) -> None:
+        """Decide which list and audience this run writes to, before its first write."""
+        self._resolved = True
+        self.report.segment_name = segment_name
+        if self._audience_rule_list and segment_id and segment_id != self._audience_rule_list:
+            raise TargetError(
+                f"the records name Customer List {segment_id} (segment_id) but Audience "
+                f"{self.audience_id} references Customer List {self._audience_rule_list}; an "
+                "Audience references exactly one Customer List: drop segment_id from the "
+                "records or set the audience_id of that list's audience. Nothing was written"
+            )
+        self.list_id = segment_id or self._audience_rule_list
+        if self.client is None:
+            self.report.segment_id = self.list_id
+            return
+        if self.list_id:
+            self._get_list(self.list_id)
+        else:
+            found = self._find("customer_lists", lambda item: item.get("name") == segment_name)
+            if len(found) > 1:
+                raise TargetError(
+                    f"{len(found)} Customer Lists in ad account {self.account} are named "
+                    f"{segment_name!r} (ids {', '.join(found)}); set segment_id in the records "
+                    "to say which one to update"
+                )
+            if found:
+                self.list_id = found[0]
+                self.logger.info(
+                    "Adopting existing Customer List %s named %r", self.list_id, segment_name
+                )
+        self.report.segment_id = self.list_id
+        if self.list_id and not self.audience_id:
+            self._ensure_audience()
+
+    def _get_list(self, list_id: str) -> None:
+        assert self.client is not None
+        try:
+            self.client.request("GET", f"/ad_accounts/{self.account}/customer_lists/{list_id}")
+        except PinterestAPIError as exc:
+            if exc.status == 404:
+                raise TargetError(
+                    f"segment_id {list_id}: no such Customer List in ad account {self.account} "
+                    f"(HTTP 404, x-pinterest-rid {exc.rid}); fix segment_id in the records or "
+                    "drop it to create the list by segment_name"
+                ) from None
+            raise
+
+    def _find(self, kind: str, match: Callable[[dict[str, Any]], bool]) -> list[str]:
+        """Ids of every item of a list endpoint that matches (Pinterest has no name filter)."""
+        assert self.client is not None
+        path = f"/ad_accounts/{self.account}/{kind}"
+        return [str(item["id"]) for item in self.client.paginate(path) if match(item)]
+
+    def _audience_matches(self, item: dict[str, Any]) -> bool:
+        rule = item.get("rule") or {}
+        return (
+            item.get("name") == self.audience_name
+            and item.get("audience_type") == "CUSTOMER_LIST"
+            and str(rule.get("customer_list_id")) == self.list_id
+        )
+
+    def _ensure_audience(self) -> None:
+        """Adopt the CUSTOMER_LIST audience of this name and list, or create it."""
+        assert self.client is not None and self.list_id
+        found = self._find("audiences", self._audience_matches)
+        if len(found) > 1:
+            raise TargetError(
+                f"{len(found)} Audiences named {self.audience_name!r} use Customer List "
+                f"{self.list_id} (ids {', '.join(found)}); set audience_id to say which one"
+            )
+        if found:
+            self.audience_id = found[0]
+            self.logger.info("Adopting existing Audience %s", self.audience_id)
+        elif self.dry_run:
+            self.logger.info("Dry run: would create Audience %r", self.audience_name)
+            return
+        else:
+            body: dict[str, Any] = {
+                "name": self.audience_name,
+                "audience_type": "CUSTOMER_LIST",
+                "rule": {"customer_list_id": self.list_id},
+            }
+            if self.audience_description:
+                body["description"] = self.audience_description
+            created = self._create("audiences", body, self._audience_matches)
+            self.audience_id = created
+            self.report.audience_created = True
+            self.logger.info("Created Audience %s for Customer List %s", created, self.list_id)
+        self.report.audience_id = self.audience_id
+
+    def _create(
+        self, kind: str, body: dict[str, Any], match: Callable[[dict[str, Any]], bool]
+    ) -> str:
+        """POST a create; when its outcome is unknown, look before creating again."""
+        assert self.client is not None
+        path = f"/ad_accounts/{self.account}/{kind}"
+        while True:
+            try:
+                return str(self.client.request("POST", path, json=body, idempotent=False)["id"])
+            except AmbiguousWrite as exc:
+                found = self._find(kind, match)
+                if found:
+                    self.logger.warning("%s; it was, adopting %s", exc, found[0])
+                    return found[0]
+                self.logger.warning("%s; it was not, creating again", exc)
+
+    # ---- writing ---------------------------------------------------------------------
+
+    def write_batch(self, batch: Batch) -> None:
+        if batch.ops and not self._resolved:
+            assert batch.segment_name is not None
+            self.resolve(batch.segment_name, batch.segment_id)
+        adds = [h for h, is_add in batch.ops.items() if is_add]
+        removes = [h for h, is_add in batch.ops.items() if not is_add]
+        if removes:
+            if self.list_id is None:
+                # Nothing to remove from a list that does not exist yet.
+                self.report.removes_without_list += len(removes)
+            else:
+                self._send("REMOVE", removes)
+        if adds:
+            if self.list_id is None:
+                self._create_list(batch, adds)
+            else:
+                self._send("ADD", adds)
+        for digest in adds:
+            if len(self.distinct_added) >= MIN_AUDIENCE_SIZE:
+                break
+            self.distinct_added.add(digest)
+        self.report.records_written = batch.last_record or self.report.records_written
+
+    def _list_type(self, kinds: set[str]) -> str:
+        if self.list_type != "auto":
+            return self.list_type
+        if kinds == {"maid"}:
+            return "MAID"
+        if kinds == {"idfa"}:
+            return "IDFA"
+        return "EMAIL"
+
+    def _create_list(self, batch: Batch, adds: list[str]) -> None:
+        name = batch.segment_name
+        if self.dry_run or self.client is None:
+            self.logger.info(
+                "Dry run: would create Customer List %r and Audience %r", name, self.audience_name
+            )
+            self.report.identifiers_added += len(adds)
+            self.list_id = DRY_RUN_NEW_LIST
+            return
+        first = adds[: self.per_request]
+        while True:
+            body = {"name": name, "records": ",".join(first), "list_type": self._list_type(batch.kinds)}
+            try:
+                self.list_id = self._create(
+                    "customer_lists", body, lambda item: item.get("name") == name
+                )
+                break
+            except RequestTooLarge:
+                if len(first) == 1:
+                    raise
+                first = first[: len(first) // 2]
+                self.per_request = len(first)
+                self.logger.warning(
+                    "Pinterest refused the request as too large; sending at most %d identifiers "
+                    "per request from now on",
+                    self.per_request,
+                )
+        self.report.list_created = True
+        self.report.segment_id = self.list_id
+        self.report.identifiers_added += len(first)
+        self.logger.info("Created Customer List %s named %r", self.list_id, name)
+        if not self.audience_id:
+            self._ensure_audience()
+        rest = adds[len(first) :]
+        if rest:
+            self._send("ADD", rest)
+
+    def _send(self, operation: str, hashes: list[str]) -> None:
+        """PATCH in chunks; a chunk refused as too large is halved until it fits."""
+        if self.dry_run or self.client is None:
+            self._count(operation, len(hashes))
+            return
+        path = f"/ad_accounts/{self.account}/customer_lists/{self.list_id}"
+        pending = [hashes[i : i + self.per_request] for i in range(0, len(hashes), self.per_request)]
+        pending.reverse()
+        while pending:
+            chunk = pending.pop()
+            body = {"operation_type": operation, "records": ",".join(chunk)}
+            try:
+                self.client.request("PATCH", path, json=body)
+            except RequestTooLarge:
+                if len(chunk) == 1:
+                    raise
+                half = len(chunk) // 2
+                self.per_request = min(self.per_request, half)
+                self.logger.warning(
+                    "Pinterest refused %d identifiers in one request as too large; sending at "
+                    "most %d per request from now on",
+                    len(chunk),
+                    self.per_request,
+                )
+                pending.append(chunk[half:])
+                pending.append(chunk[:half])
+                continue
+            self._count(operation, len(chunk))
+
+    def _count(self, operation: str, n: int) -> None:
+        if operation == "ADD":
+            self.report.identifiers_added += n
+        else:
+            self.report.identifiers_removed += n
