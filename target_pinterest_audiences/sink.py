@@ -49,6 +49,9 @@ class RecordFlow:
         self.open = Batch()
 
     def add(self, record: dict[str, Any], stream: str) -> None:
+        if len(self.open.ops) >= self.per_request:
+            # The open batch is full: it is complete whatever this record turns out to be.
+            self.cut()
         self.record_number += 1
         self.report.records_received += 1
         try:
@@ -63,14 +66,16 @@ class RecordFlow:
             self.open.segment_name, self.open.segment_id = segment
         elif segment != self.segment:
             self._second_segment(segment)
+        # Cut before adding, not after: a STATE that follows the record filling a batch
+        # then still rides on that batch instead of waiting for the next one.
+        if len(self.open.ops) + len(parsed.identifiers) > self.per_request and self.open.ops:
+            self.cut()
         ops = self.open.ops
         is_add = parsed.is_add
         for kind, digest in parsed.identifiers:
             ops[digest] = is_add
             self.open.kinds.add(kind)
         self.open.last_record = self.record_number
-        if len(ops) >= self.per_request:
-            self.cut()
 
     def on_state(self, state: dict[str, Any]) -> None:
         """The tap's state covers every record so far: it rides on the open batch."""
@@ -137,9 +142,9 @@ class AudienceSink(BatchSink):
         by hand, because jsonschema errors quote the offending (raw) value."""
         return None
 
-    @property
-    def flow(self) -> RecordFlow:
-        return self.target.flow  # type: ignore[attr-defined,no-any-return]
+    def __init__(self, target: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(target, *args, **kwargs)
+        self.flow: RecordFlow = target.flow
 
     def process_record(self, record: dict, context: dict) -> None:
         self.flow.add(record, self.stream_name)

@@ -1,0 +1,179 @@
+"""Unit tests of the client's arithmetic: backoff delays, Retry-After, the write limiter,
+and the token file. End-to-end behaviour is tested against the emulator elsewhere."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import stat
+import threading
+
+import pytest
+
+from target_pinterest_audiences.client import (
+    RetryPolicy,
+    SlidingWindowLimiter,
+    _is_too_large,
+    parse_retry_after,
+)
+from target_pinterest_audiences.tokens import TokenManager, TokenStore, token_record
+
+
+def test_full_jitter_stays_under_the_exponential_ceiling() -> None:
+    policy = RetryPolicy(base_delay=1.0, max_delay=60.0)
+    ceilings = [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    for seed in range(50):
+        delays = policy.delays(random.Random(seed))
+        for ceiling in ceilings:
+            delay = next(delays)
+            assert 0 <= delay <= ceiling
+
+
+def test_full_jitter_spreads_over_the_whole_range() -> None:
+    policy = RetryPolicy(base_delay=1.0, max_delay=60.0)
+    sixth = []
+    for seed in range(400):
+        delays = policy.delays(random.Random(seed))
+        for _ in range(5):
+            next(delays)
+        sixth.append(next(delays))  # ceiling 32
+    assert min(sixth) < 4 and max(sixth) > 28
+
+
+def test_retry_after_is_a_floor_and_max_delay_a_cap() -> None:
+    policy = RetryPolicy(max_delay=10.0)
+    assert policy.wait_for(0.5, retry_after=7.0) == 7.0
+    assert policy.wait_for(12.0, retry_after=None) == 10.0
+    assert policy.wait_for(3.0, retry_after=1.0) == 3.0
+    assert policy.wait_for(0.1, retry_after=120.0) == 120.0
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("3", 3.0), (" 1.5 ", 1.5), ("0", 0.0), (None, None), ("", None), ("soon", None), ("-1", None)],
+)
+def test_parse_retry_after(header: str | None, expected: float | None) -> None:
+    assert parse_retry_after(header) == expected
+
+
+def test_too_large_detection() -> None:
+    assert _is_too_large(413, "")
+    assert _is_too_large(400, "Too many records in one request")
+    assert not _is_too_large(400, "records: entry 3 is not a lowercase SHA-256 hex digest")
+    assert not _is_too_large(429, "too many requests")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_limiter_never_allows_more_than_limit_in_any_window() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(5, window=60.0, clock=clock, sleep=clock.sleep)
+    done = []
+    for _ in range(23):
+        limiter.acquire()
+        clock.now += 0.25  # the request takes a while
+        limiter.release()
+        done.append(clock.now)
+    for i in range(len(done) - 5):
+        # the call 5 later started a full window after this one completed
+        assert done[i + 5] - 0.25 >= done[i] + 60.0
+    # and it did not wait longer than needed: 23 calls need 4 full windows
+    assert done[-1] - done[0] < 4 * 60.0 + 23 * 0.25 + 1
+
+
+def test_limiter_does_not_wait_under_the_limit() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(400, clock=clock, sleep=clock.sleep)
+    for _ in range(400):
+        limiter.acquire()
+        limiter.release()
+    assert clock.now == 1000.0
+    assert limiter.waited_seconds == 0
+
+
+def test_token_store_writes_atomically_with_mode_0600(tmp_path) -> None:
+    path = tmp_path / "deep" / "tokens.json"
+    store = TokenStore(path)
+    assert store.load() is None
+    store.save({"access_token": "a1", "refresh_token": "r1"})
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    store.save({"access_token": "a2", "refresh_token": "r2"})
+    assert json.loads(path.read_text()) == {"access_token": "a2", "refresh_token": "r2"}
+    assert [p.name for p in path.parent.iterdir()] == ["tokens.json"]  # no temp file left
+
+
+def test_token_record_keeps_absolute_expiry_times() -> None:
+    record = token_record(
+        {
+            "access_token": "a",
+            "expires_in": 100,
+            "refresh_token": "r",
+            "refresh_token_expires_in": 1000,
+            "scope": "ads:read,ads:write",
+        },
+        now=5000.0,
+    )
+    assert record["access_token_expires_at"] == 5100
+    assert record["refresh_token_expires_at"] == 6000
+    assert record["refresh_token"] == "r"
+
+
+def test_stored_tokens_win_over_config(tmp_path) -> None:
+    store = TokenStore(tmp_path / "t.json")
+    store.save({"access_token": "stored-access", "refresh_token": "stored-refresh"})
+    manager = TokenManager(
+        api_url="http://127.0.0.1:9",
+        client_id="c",
+        client_secret="s",
+        access_token="config-access",
+        refresh_token="config-refresh",
+        store=store,
+        logger=logging.getLogger("test"),
+    )
+    assert manager.access_token() == "stored-access"
+
+
+def test_expiring_access_token_triggers_a_refresh(tmp_path, monkeypatch) -> None:
+    store = TokenStore(tmp_path / "t.json")
+    store.save({"access_token": "old", "refresh_token": "r0", "access_token_expires_at": 1})
+    calls = []
+
+    def fake_request_token(api_url, client_id, client_secret, form, timeout=60.0, session=None):
+        calls.append(form)
+        return {
+            "access_token": "new",
+            "expires_in": 3600,
+            "refresh_token": "r1",
+            "refresh_token_expires_in": 5_000_000,
+        }
+
+    monkeypatch.setattr("target_pinterest_audiences.tokens.request_token", fake_request_token)
+    manager = TokenManager(
+        api_url="http://x",
+        client_id="c",
+        client_secret="s",
+        access_token=None,
+        refresh_token=None,
+        store=store,
+        logger=logging.getLogger("test"),
+    )
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(manager.access_token())) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == ["new"] * 4
+    assert calls == [{"grant_type": "refresh_token", "refresh_token": "r0"}]  # once, not 4 times
+    assert store.load()["refresh_token"] == "r1"

@@ -1,0 +1,364 @@
+"""The core target end to end: the installed CLI against the emulator over HTTP."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import (
+    ACCESS_TOKEN,
+    AD_ACCOUNT,
+    MAID_HASH_OF,
+    email_hash,
+    lists_named,
+    members,
+    records,
+    sha,
+    state,
+    writes,
+)
+
+MAID = "6D92078A-8246-4BA4-AE5B-76104861E7DC"
+PREHASHED = sha("prehashed@example.com")
+
+
+def test_first_run_creates_list_and_audience_with_normalized_members(
+    emulator, base_config, run_target
+):
+    rows = [
+        {"segment_name": " VIP ", "action": "add", "email": "  Alice@Example.COM "},
+        {"segment_name": "VIP", "action": "ADD", "email": "bob@example.com", "maid": MAID},
+        {"segment_name": "VIP", "action": " add", "email_sha256": PREHASHED.upper()},
+        {"segment_name": "VIP", "action": "add", "idfa": "  " + MAID.lower()},
+        {"segment_name": "VIP", "action": "add", "email": "alice@example.com"},  # duplicate
+    ]
+    run = run_target(base_config, [*records(rows), state({"bookmarks": {"customers": {"id": 5}}})])
+    assert run.returncode == 0, run.stderr
+
+    created = lists_named(emulator, "VIP")
+    assert len(created) == 1
+    expected = {
+        email_hash("alice@example.com"),
+        email_hash("bob@example.com"),
+        MAID_HASH_OF(MAID),
+        PREHASHED,
+    }
+    assert set(created[0]["members"]) == expected
+
+    audiences = emulator.state()["audiences"]
+    assert len(audiences) == 1
+    assert audiences[0]["name"] == "VIP audience"
+    assert audiences[0]["audience_type"] == "CUSTOMER_LIST"
+    assert audiences[0]["rule"] == {"customer_list_id": created[0]["id"]}
+
+    # stdout carries STATE lines only; the last echoes the tap's bookmark plus our report
+    final = run.states[-1]
+    assert final["bookmarks"] == {"customers": {"id": 5}}
+    report = final["pinterest_audience"]
+    assert report["segment_id"] == created[0]["id"]
+    assert report["segment_name"] == "VIP"
+    assert report["audience_id"] == audiences[0]["id"]
+    assert report["ad_account_id"] == AD_ACCOUNT
+    assert report["records_received"] == 5
+    assert report["records_skipped"] == {}
+    assert report["identifiers_added"] == 4
+    assert report["identifiers_removed"] == 0
+    assert report["requests"] >= 3
+    assert "fewer than" not in run.stderr
+    assert "Only 4 distinct identifiers" in run.stderr  # under Pinterest's 100-user minimum
+    for raw in ("Alice@Example.COM", "alice@example.com", "bob@example.com", MAID, MAID.lower()):
+        assert raw not in run.stderr
+        assert raw not in run.stdout
+    assert ACCESS_TOKEN not in run.stderr
+
+
+def test_second_run_with_audience_id_adds_and_removes_without_creating(
+    emulator, base_config, run_target
+):
+    first = [
+        {"segment_name": "VIP", "action": "add", "email": f"user{i}@example.com"} for i in range(5)
+    ]
+    run1 = run_target(base_config, records(first))
+    assert run1.returncode == 0, run1.stderr
+    list_id = run1.final["segment_id"]
+    audience_id = run1.final["audience_id"]
+    n_writes = len(writes(emulator))
+
+    second = [
+        {"segment_name": "VIP", "action": "remove", "email": "user0@example.com"},
+        {"segment_name": "VIP", "action": "remove", "email": "USER1@example.com "},
+        {"segment_name": "VIP", "action": "add", "email": "new@example.com"},
+    ]
+    config = {**base_config, "audience_id": audience_id}
+    del config["audience_name"]
+    run2 = run_target(config, records(second))
+    assert run2.returncode == 0, run2.stderr
+    assert len(emulator.state()["lists"]) == 1
+    assert len(emulator.state()["audiences"]) == 1
+    new_writes = writes(emulator)[n_writes:]
+    assert {w["method"] for w in new_writes} == {"PATCH"}
+    assert all("/customer_lists/" + list_id in w["path"] for w in new_writes)
+    assert members(emulator, list_id) == {
+        email_hash(f"user{i}@example.com") for i in (2, 3, 4)
+    } | {email_hash("new@example.com")}
+    assert run2.final["identifiers_removed"] == 2
+    assert run2.final["identifiers_added"] == 1
+    assert run2.final["audience_id"] == audience_id
+
+
+def test_later_action_wins_within_and_across_requests(emulator, base_config, run_target):
+    rows = [
+        {"segment_name": "S", "action": "add", "email": "keep@example.com"},
+        {"segment_name": "S", "action": "add", "email": "flip@example.com"},
+        {"segment_name": "S", "action": "remove", "email": "FLIP@example.com"},  # same request
+        {"segment_name": "S", "action": "add", "email": "a1@example.com"},
+        {"segment_name": "S", "action": "add", "email": "a2@example.com"},
+        {"segment_name": "S", "action": "add", "email": "back@example.com"},
+        {"segment_name": "S", "action": "remove", "email": "a1@example.com"},  # later request
+        {"segment_name": "S", "action": "remove", "email": "back@example.com"},
+        {"segment_name": "S", "action": "add", "email": "back@example.com"},  # re-added last
+    ]
+    config = {**base_config, "identifiers_per_request": 2}
+    run = run_target(config, records(rows))
+    assert run.returncode == 0, run.stderr
+    (created,) = lists_named(emulator, "S")
+    assert set(created["members"]) == {
+        email_hash(e) for e in ("keep@example.com", "a2@example.com", "back@example.com")
+    }
+    assert all(w["n_records"] <= 2 for w in writes(emulator) if "customer_lists" in w["path"])
+
+
+def test_removes_before_the_list_exists_are_counted(emulator, base_config, run_target):
+    rows = [
+        {"segment_name": "Fresh", "action": "remove", "email": "gone@example.com"},
+        {"segment_name": "Fresh", "action": "add", "email": "here@example.com"},
+    ]
+    run = run_target({**base_config, "identifiers_per_request": 1}, records(rows))
+    assert run.returncode == 0, run.stderr
+    assert run.final["removes_without_list"] == 1
+    (created,) = lists_named(emulator, "Fresh")
+    assert set(created["members"]) == {email_hash("here@example.com")}
+
+
+def test_dry_run_sends_no_write_and_reports(emulator, base_config, run_target):
+    rows = [
+        {"segment_name": "Dry", "action": "add", "email": f"d{i}@example.com"} for i in range(3)
+    ] + [{"segment_name": "Dry", "action": "remove", "email": "x@example.com"}]
+    run = run_target(
+        {**base_config, "dry_run": True},
+        [*records(rows), state({"bookmarks": {"customers": {"id": 4}}})],
+    )
+    assert run.returncode == 0, run.stderr
+    assert writes(emulator) == []
+    assert emulator.state()["lists"] == []
+    final = run.states[-1]
+    assert "bookmarks" not in final  # a dry run never advances the tap's bookmark
+    assert final["pinterest_audience"]["dry_run"] is True
+    assert final["pinterest_audience"]["identifiers_added"] == 3
+    assert "would create Customer List 'Dry'" in run.stderr
+
+
+def test_dry_run_without_credentials_contacts_nobody(emulator, base_config, run_target):
+    config = {**base_config, "dry_run": True}
+    del config["access_token"]
+    rows = [{"segment_name": "Dry", "action": "add", "email": "d@example.com"}]
+    run = run_target(config, records(rows))
+    assert run.returncode == 0, run.stderr
+    assert emulator.state()["requests"] == []
+
+
+def test_two_segments_fail_and_nothing_of_that_batch_is_written(emulator, base_config, run_target):
+    rows = [
+        {"segment_name": "One", "action": "add", "email": "a@example.com"},
+        {"segment_name": "One", "action": "add", "email": "b@example.com"},
+        {"segment_name": "Two", "action": "add", "email": "c@example.com"},
+    ]
+    run = run_target(base_config, records(rows))
+    assert run.returncode != 0
+    assert "record 3" in run.stderr
+    assert "'One'" in run.stderr and "'Two'" in run.stderr
+    assert writes(emulator) == []
+    assert "Traceback" not in run.stderr
+
+
+def test_segment_switch_after_a_written_batch_keeps_the_earlier_batch(
+    emulator, base_config, run_target
+):
+    rows = [
+        {"segment_name": "One", "action": "add", "email": "a@example.com"},
+        {"segment_name": "One", "action": "add", "email": "b@example.com"},
+        {"segment_name": "One", "action": "add", "email": "c@example.com"},
+        {"segment_name": "One", "segment_id": "77", "action": "add", "email": "d@example.com"},
+    ]
+    run = run_target({**base_config, "identifiers_per_request": 2}, records(rows))
+    assert run.returncode != 0
+    assert "record 4" in run.stderr
+    (created,) = lists_named(emulator, "One")
+    # the first full batch was written; the batch holding record 4 was not
+    assert set(created["members"]) == {email_hash("a@example.com"), email_hash("b@example.com")}
+
+
+def test_invalid_record_fails_by_default_naming_record_and_field(emulator, base_config, run_target):
+    rows = [
+        {"segment_name": "S", "action": "add", "email": "ok@example.com"},
+        {"segment_name": "S", "action": "add", "email": "secret.person@nowhere"},
+    ]
+    run = run_target(base_config, records(rows))
+    assert run.returncode != 0
+    assert "record 2" in run.stderr and "'email'" in run.stderr
+    assert "on_invalid_record=skip" in run.stderr
+    assert "secret.person" not in run.stderr
+    assert writes(emulator) == []
+
+
+def test_invalid_records_are_skipped_and_counted_when_asked(emulator, base_config, run_target):
+    rows = [
+        {"segment_name": "S", "action": "add", "email": "ok@example.com"},
+        {"segment_name": "S", "action": "add", "email": "secret.person@nowhere"},
+        {"segment_name": "S", "action": "add", "maid": "not-a-uuid-secret"},
+        {"segment_name": "S", "action": "explode", "email": "x@example.com"},
+        {"segment_name": "S", "action": "add"},
+        {"action": "add", "email": "nosegment@example.com"},
+        {"segment_name": "S", "action": "add", "email": "ok2@example.com", "idfa": "bad-idfa-secret"},
+    ]
+    run = run_target({**base_config, "on_invalid_record": "skip"}, records(rows))
+    assert run.returncode == 0, run.stderr
+    assert run.final["records_skipped"] == {
+        "invalid_email": 1,
+        "invalid_maid": 1,
+        "unknown_action": 1,
+        "no_identifier": 1,
+        "missing_segment_name": 1,
+        "invalid_idfa": 1,
+    }
+    (created,) = lists_named(emulator, "S")
+    assert set(created["members"]) == {email_hash("ok@example.com")}
+    for raw in ("secret.person", "not-a-uuid-secret", "bad-idfa-secret", "nosegment@", "ok2@"):
+        assert raw not in run.stderr
+    assert "record 2" in run.stderr
+
+
+def test_under_review_account_gets_its_own_message(emulator, base_config, run_target):
+    emulator.configure(under_review=[AD_ACCOUNT])
+    rows = [{"segment_name": "S", "action": "add", "email": "a@example.com"}]
+    run = run_target(base_config, records(rows))
+    assert run.returncode != 0
+    assert "under review" in run.stderr
+    assert "2626" in run.stderr and "x-pinterest-rid" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_segment_id_updates_that_list(emulator, base_config, run_target):
+    run1 = run_target(
+        base_config, records([{"segment_name": "Named", "action": "add", "email": "a@example.com"}])
+    )
+    list_id = run1.final["segment_id"]
+    rows = [{"segment_name": "Whatever", "segment_id": list_id, "action": "add", "email": "b@x.io"}]
+    run2 = run_target(base_config, records(rows))
+    assert run2.returncode == 0, run2.stderr
+    assert len(emulator.state()["lists"]) == 1
+    assert members(emulator, list_id) == {email_hash("a@example.com"), email_hash("b@x.io")}
+    assert len(emulator.state()["audiences"]) == 1
+
+
+def test_audience_of_another_list_stops_before_any_write(emulator, base_config, run_target):
+    run1 = run_target(
+        base_config, records([{"segment_name": "L1", "action": "add", "email": "a@example.com"}])
+    )
+    audience_id = run1.final["audience_id"]
+    n = len(writes(emulator))
+    rows = [{"segment_name": "L1", "segment_id": "999", "action": "add", "email": "b@example.com"}]
+    run2 = run_target({**base_config, "audience_id": audience_id}, records(rows))
+    assert run2.returncode != 0
+    assert "exactly one Customer List" in run2.stderr
+    assert len(writes(emulator)) == n
+
+
+def test_rerun_adopts_list_and_audience_by_name(emulator, base_config, run_target):
+    rows = [{"segment_name": "Again", "action": "add", "email": "a@example.com"}]
+    run_target(base_config, records(rows))
+    run2 = run_target(
+        base_config, records([{"segment_name": "Again", "action": "add", "email": "b@example.com"}])
+    )
+    assert run2.returncode == 0, run2.stderr
+    assert len(lists_named(emulator, "Again")) == 1
+    assert len(emulator.state()["audiences"]) == 1
+    assert run2.final["list_created"] is False and run2.final["audience_created"] is False
+
+
+def test_several_lists_of_the_segment_name_stop_the_run(emulator, base_config, run_target):
+    for _ in range(2):
+        emulator_post_list(emulator, "Dup")
+    run = run_target(
+        base_config, records([{"segment_name": "Dup", "action": "add", "email": "a@example.com"}])
+    )
+    assert run.returncode != 0
+    ids = [item["id"] for item in lists_named(emulator, "Dup")]
+    assert all(i in run.stderr for i in ids)
+
+
+def emulator_post_list(emulator, name: str) -> None:
+    import requests
+
+    response = requests.post(
+        f"{emulator.api_url}/ad_accounts/{AD_ACCOUNT}/customer_lists",
+        json={"name": name, "records": sha("seed@example.com"), "list_type": "EMAIL"},
+        headers={"Authorization": f"Bearer {ACCESS_TOKEN}"},
+        timeout=5,
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_decimal_state_is_written_back_faithfully(emulator, base_config, run_target):
+    text = "".join(
+        json.dumps(m) + "\n"
+        for m in [
+            {"type": "SCHEMA", "stream": "c", "schema": {"properties": {}}, "key_properties": []},
+            {"type": "RECORD", "stream": "c", "record": {"segment_name": "D", "action": "add", "email": "a@b.co"}},
+            {"type": "STATE", "value": {"bookmarks": {"c": {"score": 1.25, "n": 3}}}},
+        ]
+    )
+    run = run_target(base_config, text)
+    assert run.returncode == 0, run.stderr
+    assert run.states[-1]["bookmarks"] == {"c": {"score": 1.25, "n": 3}}
+
+
+def test_missing_and_bad_settings_fail_at_startup_naming_the_setting(run_target, tmp_path):
+    run = run_target({"audience_name": "x", "access_token": "tok-secret-value"}, [])
+    assert run.returncode != 0
+    assert "ad_account_id" in run.stderr
+    run = run_target({"ad_account_id": "12ab", "access_token": "tok-secret-value"}, [])
+    assert run.returncode != 0
+    assert "ad_account_id" in run.stderr and "audience_name" in run.stderr
+    run = run_target(
+        {
+            "ad_account_id": "1",
+            "audience_name": "x",
+            "refresh_token": "r-secret-value",
+            "token_cache_path": str(tmp_path / "none.json"),
+        },
+        [],
+    )
+    assert run.returncode != 0
+    assert "client_id" in run.stderr and "client_secret" in run.stderr
+    assert "r-secret-value" not in run.stderr and "tok-secret-value" not in run.stderr
+    run = run_target(
+        {"ad_account_id": "1", "audience_name": "x", "access_token": "t", "on_invalid_record": "ignore"},
+        [],
+    )
+    assert run.returncode != 0 and "on_invalid_record" in run.stderr
+
+
+def test_state_waits_for_its_records(emulator, base_config, run_target):
+    rows = [{"segment_name": "W", "action": "add", "email": f"w{i}@example.com"} for i in range(6)]
+    msgs = []
+    for i, r in enumerate(records(rows)):
+        msgs.append(r)
+        msgs.append(state({"bookmarks": {"customers": {"id": i + 1}}}))
+    run = run_target({**base_config, "identifiers_per_request": 2}, msgs)
+    assert run.returncode == 0, run.stderr
+    bookmarks = [s["bookmarks"]["customers"]["id"] for s in run.states if "bookmarks" in s]
+    # one checkpoint per written batch of 2 records, never ahead of the data
+    assert bookmarks == sorted(bookmarks)
+    assert bookmarks[0] == 2 and bookmarks[-1] == 6
+    assert all("pinterest_audience" in s for s in run.states)
+
