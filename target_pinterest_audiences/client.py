@@ -19,7 +19,7 @@ from typing import Any
 import backoff
 import requests
 
-from target_pinterest_audiences.tokens import AuthError, TokenManager
+from target_pinterest_audiences.tokens import AuthError, TokenManager, TransientAuthError
 
 #: HTTP statuses worth retrying: rate limits and server-side trouble.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -84,8 +84,10 @@ class RetryPolicy:
 
     def delays(self, rng: random.Random | None = None) -> Iterator[float]:
         """Successive waits: full jitter over backoff's exponential series, capped."""
-        rng = rng or random.Random()  # noqa: S311 - jitter, not security
-        for ceiling in backoff.expo(base=self.factor, factor=self.base_delay, max_value=self.max_delay):
+        rng = rng or random.Random()
+        for ceiling in backoff.expo(
+            base=self.factor, factor=self.base_delay, max_value=self.max_delay
+        ):
             if ceiling is None:  # backoff's generators are primed with a None
                 continue
             yield rng.uniform(0, ceiling)
@@ -196,24 +198,29 @@ class PinterestClient:
         json: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
         idempotent: bool = True,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
         """One API call, retried on 429/5xx/timeouts/dropped connections within the budget.
 
         A non-idempotent call (a create) whose outcome is unknown raises AmbiguousWrite
-        instead of being repeated blindly: the caller checks whether it took effect.
+        instead of being repeated blindly: the caller checks whether it took effect, and
+        passes the same `deadline` (time.monotonic()) when it tries again.
         """
         is_write = method.upper() in {"POST", "PATCH", "PUT", "DELETE"}
         limiter = self.write_limiter if is_write else self.read_limiter
-        deadline = time.monotonic() + self.retry.budget_seconds
+        deadline = deadline or self.deadline()
         delays = self.retry.delays()
         attempts = 0
         refreshed = False
-        last_problem = ""
         while True:
             if self.stop_event.is_set():
                 raise Interrupted(f"stopped before {method} {path} completed")
             attempts += 1
-            token = self.tokens.access_token()
+            try:
+                token = self.tokens.access_token()
+            except TransientAuthError as exc:
+                self._pause(method, path, attempts, deadline, delays, None, f"token refresh: {exc}")
+                continue
             limiter.acquire()
             try:
                 response = self.session.request(
@@ -243,14 +250,29 @@ class PinterestClient:
                 if 200 <= status < 300:
                     return _json_body(response)
                 code, message = _error_fields(response)
+                if status == 401 and code == 3:
+                    raise PinterestAPIError(
+                        method,
+                        path,
+                        status,
+                        code,
+                        message,
+                        rid,
+                        "The token lacks the scopes this needs (ads:read, ads:write): reconnect "
+                        "with `target-pinterest-audiences-auth`, which asks for both",
+                    )
                 if status == 401 and not refreshed:
-                    refreshed = True
                     self.logger.info("HTTP 401 on %s %s; refreshing the access token", method, path)
                     try:
                         self.tokens.on_unauthorized(token)
+                        refreshed = True
+                        continue
+                    except TransientAuthError as exc:
+                        problem = f"token refresh: {exc}"
+                        self._pause(method, path, attempts, deadline, delays, None, problem)
+                        continue
                     except AuthError as exc:
                         raise TargetError(f"{exc} (x-pinterest-rid {rid})") from None
-                    continue
                 if _is_too_large(status, message):
                     raise RequestTooLarge(method, path, status, code, message, rid)
                 if status not in RETRYABLE_STATUSES:
@@ -264,26 +286,42 @@ class PinterestClient:
                 problem = f"HTTP {status} code {code}"
                 sent = status != 429
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            last_problem = problem
             if sent and not idempotent:
+                # Wait as for a retry, so the caller's check sees the create if it landed.
+                self._pause(method, path, attempts, deadline, delays, retry_after, problem)
                 raise AmbiguousWrite(
                     f"{method} {path} failed with {problem}; it may have been applied"
                 )
-            wait = self.retry.wait_for(next(delays), retry_after)
-            if time.monotonic() + wait > deadline:
-                raise RetriesExhausted(
-                    f"{method} {path} still failing after {attempts} attempts over the "
-                    f"{self.retry.budget_seconds:.0f}s retry budget (retry_max_seconds); last "
-                    f"failure: {last_problem}; last x-pinterest-rid {self.last_rid or '-'}. "
-                    "Pinterest or the network is unavailable: run again later (the next run "
-                    "resumes from the last checkpoint)"
-                )
-            self.retries += 1
-            self.logger.warning(
-                "%s %s: %s; retry %d in %.2fs", method, path, problem, attempts, wait
+            self._pause(method, path, attempts, deadline, delays, retry_after, problem)
+
+    def deadline(self) -> float:
+        """When the retry budget of a request starting now runs out."""
+        return time.monotonic() + self.retry.budget_seconds
+
+    def _pause(
+        self,
+        method: str,
+        path: str,
+        attempts: int,
+        deadline: float,
+        delays: Iterator[float],
+        retry_after: float | None,
+        problem: str,
+    ) -> None:
+        """Back off before the next attempt, or give up when the budget would be exceeded."""
+        wait = self.retry.wait_for(next(delays), retry_after)
+        if time.monotonic() + wait > deadline:
+            raise RetriesExhausted(
+                f"{method} {path} still failing after {attempts} attempts over the "
+                f"{self.retry.budget_seconds:.0f}s retry budget (retry_max_seconds); last "
+                f"failure: {problem}; last x-pinterest-rid {self.last_rid or '-'}. "
+                "Pinterest or the network is unavailable: run again later (the next run "
+                "resumes from the last checkpoint)"
             )
-            if self.stop_event.wait(wait):
-                raise Interrupted(f"stopped while retrying {method} {path}")
+        self.retries += 1
+        self.logger.warning("%s %s: %s; retry %d in %.2fs", method, path, problem, attempts, wait)
+        if self.stop_event.wait(wait):
+            raise Interrupted(f"stopped while retrying {method} {path}")
 
     def paginate(self, path: str, page_size: int = 250) -> Iterator[dict[str, Any]]:
         """Every item of a bookmark-paginated list endpoint."""

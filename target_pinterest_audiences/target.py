@@ -13,14 +13,14 @@ import typing as t
 from pathlib import Path
 
 from singer_sdk import typing as th
+from singer_sdk.configuration._dict_config import (
+    merge_missing_config_jsonschema as _merge_missing,
+)
 from singer_sdk.exceptions import ConfigValidationError
 from singer_sdk.helpers.capabilities import (
     TARGET_BATCH_SIZE_ROWS_CONFIG,
     CapabilitiesEnum,
     PluginCapabilities,
-)
-from singer_sdk.configuration._dict_config import (
-    merge_missing_config_jsonschema as _merge_missing,
 )
 from singer_sdk.plugin_base import JSONSchemaValidator, _ConfigInput
 from singer_sdk.target_base import Target
@@ -71,7 +71,7 @@ class TargetPinterestAudiences(Target):
             th.StringType(pattern=r"^[0-9]+$"),
             required=True,
             title="Ad account id",
-            description="The Pinterest ad account (digits) that owns the Customer List and Audience.",
+            description="The Pinterest ad account (digits) that owns the list and the Audience.",
         ),
         th.Property(
             "audience_name",
@@ -258,9 +258,7 @@ class TargetPinterestAudiences(Target):
                 errors.append(f"setting '{setting}': {error.message}")
         errors.extend(self._cross_setting_errors())
         if errors and raise_errors:
-            raise ConfigValidationError(
-                "Config validation failed", errors=errors, schema=schema
-            )
+            raise ConfigValidationError("Config validation failed", errors=errors, schema=schema)
         return errors
 
     def _cross_setting_errors(self) -> list[str]:
@@ -271,17 +269,19 @@ class TargetPinterestAudiences(Target):
                 "setting 'audience_name' is required unless 'audience_id' names an existing "
                 "Audience"
             )
-        refresh_parts = {k: bool(config.get(k)) for k in ("refresh_token", "client_id", "client_secret")}
+        refresh_parts = {
+            k: bool(config.get(k)) for k in ("refresh_token", "client_id", "client_secret")
+        }
         missing_refresh = [k for k, present in refresh_parts.items() if not present]
         has_file = self._token_path(config).exists()
-        if not config.get("dry_run") and not config.get("access_token") and not has_file:
-            if missing_refresh:
-                errors.append(
-                    "credentials: set 'access_token', or all of 'refresh_token', 'client_id' and "
-                    "'client_secret' (missing: " + ", ".join(missing_refresh) + "), or connect "
-                    "with `target-pinterest-audiences-auth` to create the token file "
-                    f"({self._token_path(config)})"
-                )
+        needs_credentials = not config.get("dry_run") and not config.get("access_token")
+        if needs_credentials and not has_file and missing_refresh:
+            errors.append(
+                "credentials: set 'access_token', or all of 'refresh_token', 'client_id' and "
+                "'client_secret' (missing: " + ", ".join(missing_refresh) + "), or connect "
+                "with `target-pinterest-audiences-auth` to create the token file "
+                f"({self._token_path(config)})"
+            )
         return errors
 
     @staticmethod
@@ -400,7 +400,9 @@ class TargetPinterestAudiences(Target):
         self.uploader.finish()
         if self.uploader.error is not None:
             err = self.uploader.error
-            raise err if isinstance(err, TargetError) else TargetError(f"{type(err).__name__}: {err}")
+            raise (
+                err if isinstance(err, TargetError) else TargetError(f"{type(err).__name__}: {err}")
+            )
         self.report.complete = True
         self._emit_state(self.uploader.state_line())
         self._log_summary()
@@ -472,7 +474,7 @@ class TargetPinterestAudiences(Target):
         config: _ConfigInput | None = None,
         file_input: t.IO[str] | None = None,
     ) -> None:
-        """As singer-sdk's, but errors a user can act on end the run cleanly, without a traceback."""
+        """As singer-sdk's, but errors a user can act on end the run cleanly (no traceback)."""
         super(Target, cls).invoke(about=about, about_format=about_format)
         cls.print_version(print_fn=cls.logger.info)
         config = config or _ConfigInput()

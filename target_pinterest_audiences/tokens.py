@@ -30,6 +30,10 @@ class AuthError(RuntimeError):
     """Credentials are missing, rejected or cannot be refreshed; the message says what to do."""
 
 
+class TransientAuthError(AuthError):
+    """The token endpoint was unreachable or busy (429, 5xx): worth retrying later."""
+
+
 def default_token_cache_path(ad_account_id: str) -> Path:
     """Per-ad-account token file under the user's config directory (XDG)."""
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
@@ -56,7 +60,7 @@ class TokenStore:
         return data if isinstance(data, dict) else None
 
     def save(self, tokens: dict[str, Any]) -> None:
-        """Write atomically (temp file + rename) with mode 0600, so a crash never leaves half a file."""
+        """Atomic (temp file + rename), mode 0600: a crash never leaves half a token file."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, tmp = tempfile.mkstemp(prefix=".tokens-", dir=self.path.parent)
         try:
@@ -109,10 +113,14 @@ def request_token(
             timeout=timeout,
         )
     except requests.RequestException as exc:
-        raise AuthError(
+        raise TransientAuthError(
             f"could not reach the token endpoint ({type(exc).__name__}); check api_url and network"
         ) from None
     rid = response.headers.get("x-pinterest-rid", "-")
+    if response.status_code == 429 or response.status_code >= 500:
+        raise TransientAuthError(
+            f"the token endpoint answered HTTP {response.status_code} (x-pinterest-rid {rid})"
+        )
     try:
         body = response.json()
     except ValueError:
@@ -202,6 +210,9 @@ class TokenManager:
             if self._access != rejected:
                 return self._access or ""
             if self.can_refresh:
+                # Stale from now on: if this refresh fails transiently, the next
+                # access_token() call refreshes instead of reusing the rejected token.
+                self._access_expires_at = 0
                 self._do_refresh()
                 return self._access or ""
             if self._config_access and self._config_access != rejected:
@@ -235,6 +246,8 @@ class TokenManager:
                     timeout=self.timeout,
                     session=self.session,
                 )
+            except TransientAuthError:
+                raise
             except AuthError as exc:
                 last_error = exc
                 if index + 1 < len(candidates):

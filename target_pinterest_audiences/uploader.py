@@ -330,9 +330,13 @@ class Uploader:
         """POST a create; when its outcome is unknown, look before creating again."""
         assert self.client is not None
         path = f"/ad_accounts/{self.account}/{kind}"
+        deadline = self.client.deadline()
         while True:
             try:
-                return str(self.client.request("POST", path, json=body, idempotent=False)["id"])
+                answer = self.client.request(
+                    "POST", path, json=body, idempotent=False, deadline=deadline
+                )
+                return str(answer["id"])
             except AmbiguousWrite as exc:
                 found = self._find(kind, match)
                 if found:
@@ -385,7 +389,11 @@ class Uploader:
             return
         first = adds[: self.per_request]
         while True:
-            body = {"name": name, "records": ",".join(first), "list_type": self._list_type(batch.kinds)}
+            body = {
+                "name": name,
+                "records": ",".join(first),
+                "list_type": self._list_type(batch.kinds),
+            }
             try:
                 self.list_id = self._create(
                     "customer_lists", body, lambda item: item.get("name") == name
@@ -417,7 +425,9 @@ class Uploader:
             self._count(operation, len(hashes))
             return
         path = f"/ad_accounts/{self.account}/customer_lists/{self.list_id}"
-        pending = [hashes[i : i + self.per_request] for i in range(0, len(hashes), self.per_request)]
+        pending = [
+            hashes[i : i + self.per_request] for i in range(0, len(hashes), self.per_request)
+        ]
         pending.reverse()
         while pending:
             chunk = pending.pop()

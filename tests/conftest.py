@@ -40,7 +40,7 @@ def email_hash(email: str) -> str:
     return sha(email.strip().lower())
 
 
-def MAID_HASH_OF(device_id: str) -> str:  # noqa: N802 - reads like a constant table
+def MAID_HASH_OF(device_id: str) -> str:
     return sha(device_id.strip().lower())
 
 

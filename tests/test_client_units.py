@@ -52,7 +52,15 @@ def test_retry_after_is_a_floor_and_max_delay_a_cap() -> None:
 
 @pytest.mark.parametrize(
     ("header", "expected"),
-    [("3", 3.0), (" 1.5 ", 1.5), ("0", 0.0), (None, None), ("", None), ("soon", None), ("-1", None)],
+    [
+        ("3", 3.0),
+        (" 1.5 ", 1.5),
+        ("0", 0.0),
+        (None, None),
+        ("", None),
+        ("soon", None),
+        ("-1", None),
+    ],
 )
 def test_parse_retry_after(header: str | None, expected: float | None) -> None:
     assert parse_retry_after(header) == expected
@@ -169,7 +177,9 @@ def test_expiring_access_token_triggers_a_refresh(tmp_path, monkeypatch) -> None
         logger=logging.getLogger("test"),
     )
     results = []
-    threads = [threading.Thread(target=lambda: results.append(manager.access_token())) for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: results.append(manager.access_token())) for _ in range(4)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

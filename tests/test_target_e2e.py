@@ -97,9 +97,9 @@ def test_second_run_with_audience_id_adds_and_removes_without_creating(
     new_writes = writes(emulator)[n_writes:]
     assert {w["method"] for w in new_writes} == {"PATCH"}
     assert all("/customer_lists/" + list_id in w["path"] for w in new_writes)
-    assert members(emulator, list_id) == {
-        email_hash(f"user{i}@example.com") for i in (2, 3, 4)
-    } | {email_hash("new@example.com")}
+    assert members(emulator, list_id) == {email_hash(f"user{i}@example.com") for i in (2, 3, 4)} | {
+        email_hash("new@example.com")
+    }
     assert run2.final["identifiers_removed"] == 2
     assert run2.final["identifiers_added"] == 1
     assert run2.final["audience_id"] == audience_id
@@ -218,7 +218,12 @@ def test_invalid_records_are_skipped_and_counted_when_asked(emulator, base_confi
         {"segment_name": "S", "action": "explode", "email": "x@example.com"},
         {"segment_name": "S", "action": "add"},
         {"action": "add", "email": "nosegment@example.com"},
-        {"segment_name": "S", "action": "add", "email": "ok2@example.com", "idfa": "bad-idfa-secret"},
+        {
+            "segment_name": "S",
+            "action": "add",
+            "email": "ok2@example.com",
+            "idfa": "bad-idfa-secret",
+        },
     ]
     run = run_target({**base_config, "on_invalid_record": "skip"}, records(rows))
     assert run.returncode == 0, run.stderr
@@ -313,7 +318,11 @@ def test_decimal_state_is_written_back_faithfully(emulator, base_config, run_tar
         json.dumps(m) + "\n"
         for m in [
             {"type": "SCHEMA", "stream": "c", "schema": {"properties": {}}, "key_properties": []},
-            {"type": "RECORD", "stream": "c", "record": {"segment_name": "D", "action": "add", "email": "a@b.co"}},
+            {
+                "type": "RECORD",
+                "stream": "c",
+                "record": {"segment_name": "D", "action": "add", "email": "a@b.co"},
+            },
             {"type": "STATE", "value": {"bookmarks": {"c": {"score": 1.25, "n": 3}}}},
         ]
     )
@@ -342,7 +351,12 @@ def test_missing_and_bad_settings_fail_at_startup_naming_the_setting(run_target,
     assert "client_id" in run.stderr and "client_secret" in run.stderr
     assert "r-secret-value" not in run.stderr and "tok-secret-value" not in run.stderr
     run = run_target(
-        {"ad_account_id": "1", "audience_name": "x", "access_token": "t", "on_invalid_record": "ignore"},
+        {
+            "ad_account_id": "1",
+            "audience_name": "x",
+            "access_token": "t",
+            "on_invalid_record": "ignore",
+        },
         [],
     )
     assert run.returncode != 0 and "on_invalid_record" in run.stderr
@@ -361,4 +375,3 @@ def test_state_waits_for_its_records(emulator, base_config, run_target):
     assert bookmarks == sorted(bookmarks)
     assert bookmarks[0] == 2 and bookmarks[-1] == 6
     assert all("pinterest_audience" in s for s in run.states)
-
