@@ -45,16 +45,16 @@ START = datetime(2025, 6, 1, 8, 0, 0, tzinfo=timezone.utc)
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "customers.csv"
 
-_FIRST = (
-    "ada alan grace linus barbara ken dennis margaret edsger john donald frances radia "
-    "tim vint bjarne guido james anita shafi leslie niklaus tony sophie hedy katherine "
-    "claude alonzo kurt emmy mary lisa annie jean karen joan susan ruth"
+_FIRST = (  # noqa: SIM905
+    "ada alan grace linus barbara ken dennis margaret edsger john donald frances "
+    "radia tim vint bjarne guido james anita shafi leslie niklaus tony sophie hedy "
+    "katherine claude alonzo kurt emmy mary lisa annie jean karen joan susan ruth"
 ).split()
-_LAST = (
-    "lovelace turing hopper torvalds liskov thompson ritchie hamilton dijkstra mccarthy "
-    "knuth allen perlman bernerslee cerf stroustrup rossum gosling borg goldwasser lamport "
-    "wirth hoare wilson lamarr johnson shannon church godel noether keller easley sammet "
-    "sparck jones clarke"
+_LAST = (  # noqa: SIM905
+    "lovelace turing hopper torvalds liskov thompson ritchie hamilton dijkstra "
+    "mccarthy knuth allen perlman bernerslee cerf stroustrup rossum gosling borg "
+    "goldwasser lamport wirth hoare wilson lamarr johnson shannon church godel "
+    "noether keller easley sammet sparck jones clarke"
 ).split()
 _DOMAINS = ("example.com", "example.org", "example.net", "mail.example.com", "shop.example.org")
 _INVALID_EMAILS = (
@@ -98,7 +98,9 @@ class _Maker:
             local, domain = email.split("@")
             return f"{local.title()}@{domain.upper()}"
         if roll < 0.45:  # surrounding whitespace
-            return self.rng.choice((" ", "  ", "\t", " \t")) + email + self.rng.choice(("", " ", "  "))
+            return (
+                self.rng.choice((" ", "  ", "\t", " \t")) + email + self.rng.choice(("", " ", "  "))
+            )
         if roll < 0.55:  # both
             return "  " + email.upper() + " "
         return email
@@ -176,7 +178,13 @@ def base(n: int = BASE_ROWS, seed: int = SEED) -> list[dict]:
             continue
         action = "add"
         rows.append(
-            _row(customer_id, action, t, make.messy(email) if email else "", make.messy_maid(maid) if maid else "")
+            _row(
+                customer_id,
+                action,
+                t,
+                make.messy(email) if email else "",
+                make.messy_maid(maid) if maid else "",
+            )
         )
         added.append((customer_id, email, maid))
     return rows
@@ -210,7 +218,9 @@ def changes(
         t += timedelta(seconds=rng.randint(5, 90))
         email = r["email"].strip().lower()
         maid = r["mobile_ad_id"].strip().lower()
-        out.append(_row(int(r["customer_id"]), "remove", t, make.messy(email) if email else "", maid))
+        out.append(
+            _row(int(r["customer_id"]), "remove", t, make.messy(email) if email else "", maid)
+        )
     for r in rng.sample(gone, min(returning, len(gone))):
         t += timedelta(seconds=rng.randint(5, 90))
         out.append(_row(int(r["customer_id"]), "add", t, r["email"], r["mobile_ad_id"]))
