@@ -46,6 +46,7 @@ from target_pinterest_audiences.tokens import (
     AuthError,
     TokenManager,
     TokenStore,
+    TransientAuthError,
     default_token_cache_path,
     request_token,
     token_record,
@@ -60,6 +61,8 @@ DEFAULT_REDIRECT_PORT = 8085
 DEFAULT_TIMEOUT_SECONDS = 600.0
 #: `check` gives up on a flaky Pinterest after this long (the target's budget is far longer).
 CHECK_RETRY_SECONDS = 30.0
+#: Tries of the code exchange when the token endpoint is unreachable or busy (429, 5xx).
+EXCHANGE_ATTEMPTS = 3
 REQUIRED_SCOPES = ("ads:read", "ads:write")
 SCOPE = ",".join(REQUIRED_SCOPES)
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -188,7 +191,8 @@ class AuthorizationSession:
                 return Reply(400, "Incomplete callback", "The address carries no authorization.")
             self._spent = True
         if error:
-            detail = params.get("error_description") or error
+            raw = params.get("error_description") or error
+            detail = "".join(ch for ch in raw if ch.isprintable())  # no terminal escapes
             self.outcome = Outcome(
                 False,
                 f"Authorization was not granted on Pinterest ({detail[:200]}). Nothing was saved. "
@@ -379,18 +383,22 @@ def _exchange_function(
     ad_account_id: str | None,
     default_path: Path | None,
 ) -> Callable[[str], Outcome]:
+    form = {
+        "grant_type": "authorization_code",
+        "redirect_uri": redirect_uri,
+        "continuous_refresh": "true",
+    }
+
     def exchange(code: str) -> Outcome:
-        answer = request_token(
-            api_url,
-            client_id,
-            client_secret,
-            {
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": redirect_uri,
-                "continuous_refresh": "true",
-            },
-        )
+        for attempt in range(EXCHANGE_ATTEMPTS):
+            try:
+                answer = request_token(api_url, client_id, client_secret, {**form, "code": code})
+                break
+            except TransientAuthError as exc:
+                if attempt + 1 == EXCHANGE_ATTEMPTS:
+                    raise
+                logger.warning("Token exchange failed (%s); trying again", exc)
+                time.sleep(2**attempt)
         record = token_record(answer)
         replaced = store.path.exists()
         store.save(record)
@@ -402,8 +410,9 @@ def _exchange_function(
         if record.get("refresh_token"):
             lines.append(
                 "  The refresh token expires "
-                f"{_when(record.get('refresh_token_expires_at'))}; each run of the target "
-                "renews it, so keep runs less than 60 days apart."
+                f"{_when(record.get('refresh_token_expires_at'))}; the target renews it "
+                "whenever it refreshes the access token, so run the target (or `check`) at "
+                "least every 60 days."
             )
         else:
             lines.append(
@@ -422,6 +431,25 @@ def _exchange_function(
         return Outcome(True, "\n".join(lines))
 
     return exchange
+
+
+def _open_browser(link: str, say: Callable[[str], None]) -> None:
+    """Best effort, never blocking: a console browser would hold the terminal (and the flow)."""
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        say("(No graphical browser here: open the link above on any computer.)")
+        return
+
+    def run() -> None:
+        try:
+            opened = webbrowser.open(link)
+        except Exception:
+            opened = False
+        if not opened:
+            say("(No browser could be opened here: use the link above.)")
+
+    threading.Thread(target=run, daemon=True).start()
 
 
 def run_connect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -509,12 +537,7 @@ def run_connect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         )
     print(link, file=out, flush=True)
     if not args.no_browser:
-        try:
-            opened = webbrowser.open(link)
-        except Exception:
-            opened = False
-        if not opened:
-            say("(No browser could be opened here: use the link above.)")
+        _open_browser(link, say)
     try:
         stdin_fd = sys.stdin.fileno() if sys.stdin is not None else -1
     except (OSError, ValueError):
@@ -617,6 +640,8 @@ def check_connection(
             # Only a token answer says what was granted: refresh once to learn it.
             tokens.on_unauthorized(token)
             scope = _stored_scope(store)
+    except TransientAuthError as exc:
+        return False, f"UNREACHABLE: {exc}; check api_url and the network, then check again."
     except AuthError as exc:
         return False, f"TOKEN REJECTED: {exc}{refresh_hint}."
 
