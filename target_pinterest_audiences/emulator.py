@@ -1001,9 +1001,10 @@ class Emulator:
             if is_write:
                 self._write_times.append(arrival)
             fault = self._pick_fault(method, path)
+            if fault is not None:
+                entry["fault"] = fault.kind
             cfg = _Config(**vars(self._cfg))
         if fault is not None:
-            entry["fault"] = fault.kind
             reply = self._fault_reply(fault)
             if fault.kind == "drop_before":
                 self._finish(entry, "dropped")
@@ -1027,16 +1028,17 @@ class Emulator:
             traceback.print_exc(file=sys.stderr)
             status, payload, headers = 500, {"code": 12, "message": "Something went wrong."}, {}
         if fault is not None and fault.kind == "drop_after":
-            entry["applied_status"] = status
-            self._finish(entry, "dropped")
+            self._finish(entry, "dropped", applied_status=status)
             h.close_connection = True
             return
         self._finish(entry, status)
         h.send_reply(status, payload, rid, headers)
 
-    def _finish(self, entry: dict[str, Any], status: int | str) -> None:
+    def _finish(self, entry: dict[str, Any], status: int | str, **extra: Any) -> None:
+        """Record the outcome; under the lock because state() copies entries meanwhile."""
         with self._lock:
             entry["status"] = status
+            entry.update(extra)
 
     @staticmethod
     def _fault_reply(fault: _Fault) -> _Reply | None:

@@ -25,12 +25,14 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
+from target_pinterest_audiences import emulator as emulator_module
 from target_pinterest_audiences.emulator import Emulator, max_events_in_window
 
 ACCOUNT = "549755885175"
 OTHER_ACCOUNT = "549755885176"
 STRANGER_ACCOUNT = "549755885999"
 TOKEN = "emu-access-token"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
 REFRESH = "emu-refresh-token"
 CLIENT_ID = "emu-client-id"
 CLIENT_SECRET = "emu-client-secret"
@@ -423,6 +425,19 @@ def test_code_exchange_rejects_wrong_redirect_and_client_auth(emu: Emulator) -> 
     # None of the failures above consumed the code.
     assert token_request(emu, grant).status_code == 200
     assert_error(token_request(emu, dict(grant, code="made-up")), 400, 1104)
+
+
+def test_codes_and_access_tokens_expire_with_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Codes live 10 minutes and tokens expires_in seconds; zero lifetimes prove both checks."""
+    monkeypatch.setattr(emulator_module, "AUTH_CODE_TTL_S", 0)
+    with Emulator(access_token_expires_in=0) as emu:
+        assert_error(requests.get(lists_url(emu), headers=BEARER, timeout=TIMEOUT), 401, 2)
+        grant = {"grant_type": "authorization_code", "redirect_uri": REDIRECT}
+        assert_error(token_request(emu, dict(grant, code=authorize(emu)["code"])), 400, 1104)
+        answer = token_request(emu, {"grant_type": "refresh_token", "refresh_token": REFRESH})
+        assert answer.json()["expires_in"] == 0
+        fresh = {"Authorization": f"Bearer {answer.json()['access_token']}"}
+        assert_error(requests.get(lists_url(emu), headers=fresh, timeout=TIMEOUT), 401, 2)
 
 
 def test_authorize_rejects_unknown_client_and_response_type(emu: Emulator) -> None:
