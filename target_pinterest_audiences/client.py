@@ -88,7 +88,7 @@ class RetryPolicy:
         for ceiling in backoff.expo(
             base=self.factor, factor=self.base_delay, max_value=self.max_delay
         ):
-            if ceiling is None:  # backoff's generators are primed with a None
+            if not ceiling:  # primed with None (backoff 2.x) or 0 (python-backoff 3.x)
                 continue
             yield rng.uniform(0, ceiling)
 
