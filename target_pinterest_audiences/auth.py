@@ -634,12 +634,12 @@ def check_connection(
     )
 
     try:
-        token = tokens.access_token()
-        scope = _stored_scope(store)
+        tokens.access_token()
+        scope = tokens.scope or _stored_scope(store)
         if scope is None and tokens.can_refresh:
             # Only a token answer says what was granted: refresh once to learn it.
-            tokens.on_unauthorized(token)
-            scope = _stored_scope(store)
+            tokens.refresh()
+            scope = tokens.scope
     except TransientAuthError as exc:
         return False, f"UNREACHABLE: {exc}; check api_url and the network, then check again."
     except AuthError as exc:

@@ -173,6 +173,7 @@ class TokenManager:
         self._refresh: str | None = refresh_token
         self._refresh_expires_at: float | None = None
         self.refreshes = 0
+        self._scope: str | None = None
         stored = store.load() if store else None
         if stored and (stored.get("access_token") or stored.get("refresh_token")):
             # The file holds the newest rotated pair: it wins over the config.
@@ -180,7 +181,20 @@ class TokenManager:
             self._access_expires_at = stored.get("access_token_expires_at")
             self._refresh = stored.get("refresh_token") or refresh_token
             self._refresh_expires_at = stored.get("refresh_token_expires_at")
+            self._scope = stored.get("scope")
             self.logger.info("Using the tokens stored in %s", store.path if store else "-")
+
+    @property
+    def scope(self) -> str | None:
+        """The scopes granted, when a token answer or the token file said (None: unknown)."""
+        return self._scope
+
+    def refresh(self) -> None:
+        """Refresh now (to learn the granted scope, or to rotate the pair on demand)."""
+        with self._lock:
+            if not self.can_refresh:
+                raise AuthError("refreshing needs refresh_token, client_id and client_secret")
+            self._do_refresh()
 
     @property
     def can_refresh(self) -> bool:
@@ -267,6 +281,7 @@ class TokenManager:
         self._access_expires_at = record.get("access_token_expires_at")
         self._refresh = record["refresh_token"]
         self._refresh_expires_at = record.get("refresh_token_expires_at")
+        self._scope = record.get("scope") or self._scope
         self.refreshes += 1
         if self.store:
             self.store.save(record)
