@@ -16,16 +16,22 @@ from singer_sdk import typing as th
 from singer_sdk.configuration._dict_config import (
     merge_missing_config_jsonschema as _merge_missing,
 )
-from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.exceptions import (
+    ConfigValidationError,
+    MissingKeyPropertiesError,
+    RecordsWithoutSchemaException,
+)
 from singer_sdk.helpers.capabilities import (
     TARGET_BATCH_SIZE_ROWS_CONFIG,
     CapabilitiesEnum,
     PluginCapabilities,
 )
 from singer_sdk.plugin_base import JSONSchemaValidator, _ConfigInput
+from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.target_base import Target
 
 from target_pinterest_audiences.client import PinterestClient, RetryPolicy, TargetError
+from target_pinterest_audiences.reader import SafeSingerReader
 from target_pinterest_audiences.sink import AudienceSink, RecordFlow
 from target_pinterest_audiences.tokens import (
     AuthError,
@@ -58,6 +64,7 @@ class TargetPinterestAudiences(Target):
 
     name = "target-pinterest-audiences"
     default_sink_class = AudienceSink
+    message_reader_class = SafeSingerReader
     capabilities: t.ClassVar[list[CapabilitiesEnum]] = [
         PluginCapabilities.ABOUT,
         PluginCapabilities.STREAM_MAPS,
@@ -484,7 +491,13 @@ class TargetPinterestAudiences(Target):
                 config=config.config, validate_config=True, parse_env_config=config.parse_env
             )
             target.listen(file_input)
-        except (TargetError, AuthError) as exc:
+        except (
+            TargetError,
+            AuthError,
+            InvalidInputLine,
+            MissingKeyPropertiesError,
+            RecordsWithoutSchemaException,
+        ) as exc:
             logging.getLogger(cls.name).error("%s", exc)
             if target is not None:
                 try:

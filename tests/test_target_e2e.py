@@ -8,9 +8,11 @@ from conftest import (
     ACCESS_TOKEN,
     AD_ACCOUNT,
     MAID_HASH_OF,
+    SCHEMA,
     email_hash,
     lists_named,
     members,
+    record,
     records,
     sha,
     state,
@@ -375,3 +377,25 @@ def test_state_waits_for_its_records(emulator, base_config, run_target):
     assert bookmarks == sorted(bookmarks)
     assert bookmarks[0] == 2 and bookmarks[-1] == 6
     assert all("pinterest_audience" in s for s in run.states)
+
+
+def test_corrupt_input_lines_are_reported_by_number_not_content(emulator, base_config, run_target):
+    good = json.dumps(record(id=1, segment_name="S", action="add", email="ok@example.com"))
+    text = "\n".join(
+        [
+            json.dumps(SCHEMA),
+            good,
+            "",  # blank lines are passed over
+            '{"type": "RECORD", "stream": "customers", "record": {"email": "leak@example.com"',
+        ]
+    )
+    run = run_target(base_config, text + "\n")
+    assert run.returncode != 0
+    assert "input line 4" in run.stderr
+    assert "leak@example.com" not in run.stderr
+    assert "Traceback" not in run.stderr
+
+    missing_stream = json.dumps({"type": "RECORD", "record": {"email": "leak2@example.com"}})
+    run = run_target(base_config, json.dumps(SCHEMA) + "\n" + missing_stream + "\n")
+    assert run.returncode != 0
+    assert "stream" in run.stderr and "leak2@example.com" not in run.stderr
