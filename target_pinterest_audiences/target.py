@@ -413,6 +413,12 @@ class TargetPinterestAudiences(Target):
         self.report.complete = True
         self._emit_state(self.uploader.state_line())
         self._log_summary()
+        if self.report.segment_name and not self.report.segment_id and not self.dry_run:
+            self.logger.warning(
+                "No Customer List named %r exists and this run had no adds to create it with: "
+                "nothing was written",
+                self.report.segment_name,
+            )
 
     def stop_after_error(self) -> None:
         """After a fatal error: write what precedes it, checkpoint, and report."""
@@ -431,10 +437,11 @@ class TargetPinterestAudiences(Target):
             "are left for the next run (state is written only for what Pinterest confirmed)",
             signum,
         )
-        self.flow.discard_open()
-        self.uploader.abort()
-        self._emit_state(self.uploader.state_line())
-        self._log_summary()
+        if hasattr(self, "flow"):  # else the signal came during start-up: nothing to save
+            self.flow.discard_open()
+            self.uploader.abort()
+            self._emit_state(self.uploader.state_line())
+            self._log_summary()
         sys.exit(128 + signum)
 
     def _log_summary(self) -> None:

@@ -399,3 +399,21 @@ def test_corrupt_input_lines_are_reported_by_number_not_content(emulator, base_c
     run = run_target(base_config, json.dumps(SCHEMA) + "\n" + missing_stream + "\n")
     assert run.returncode != 0
     assert "stream" in run.stderr and "leak2@example.com" not in run.stderr
+
+
+def test_adoption_scans_every_page_of_lists_and_audiences(emulator, base_config, run_target):
+    for i in range(260):
+        emulator_post_list(emulator, f"other {i}")
+    emulator_post_list(emulator, "Last")
+    run = run_target(
+        base_config, records([{"segment_name": "Last", "action": "add", "email": "a@example.com"}])
+    )
+    assert run.returncode == 0, run.stderr
+    assert len(lists_named(emulator, "Last")) == 1
+    assert run.final["list_created"] is False
+    list_pages = [
+        r
+        for r in emulator.state()["requests"]
+        if r["method"] == "GET" and r["path"].endswith("/customer_lists")
+    ]
+    assert len(list_pages) == 2  # 261 lists at 250 a page
