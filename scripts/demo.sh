@@ -54,7 +54,8 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 if [[ "$(cat .venv/.demo-installed 2>/dev/null)" != "$PROJECT_STAMP" ]]; then
   say "Installing the project into .venv (pip install -e .)"
-  .venv/bin/python -m pip install -q -e . || die "pip install -e . failed"
+  .venv/bin/python -m pip install -q -e . >"$LOG_DIR/demo-pip-project.log" 2>&1 \
+    || { tail -n 30 "$LOG_DIR/demo-pip-project.log" >&2; die "pip install -e . failed"; }
   echo "$PROJECT_STAMP" >.venv/.demo-installed
 fi
 
@@ -63,7 +64,8 @@ if [[ "$(.venv-meltano/bin/meltano --version 2>/dev/null)" != "meltano, version 
   say "Installing Meltano $MELTANO_VERSION into .venv-meltano"
   rm -rf .venv-meltano
   "$PYTHON" -m venv .venv-meltano
-  .venv-meltano/bin/python -m pip install -q "meltano==$MELTANO_VERSION" || die "pip install meltano failed"
+  .venv-meltano/bin/python -m pip install -q "meltano==$MELTANO_VERSION" >"$LOG_DIR/demo-pip-meltano.log" 2>&1 \
+    || { tail -n 30 "$LOG_DIR/demo-pip-meltano.log" >&2; die "pip install meltano failed"; }
 fi
 MELTANO="$ROOT/.venv-meltano/bin/meltano"
 
@@ -71,7 +73,9 @@ MELTANO="$ROOT/.venv-meltano/bin/meltano"
 PLUGINS_STAMP="$(stamp_of meltano.yml pyproject.toml)"
 if [[ "$(cat .meltano/.demo-installed 2>/dev/null)" != "$PLUGINS_STAMP" ]]; then
   say "meltano install"
-  "$MELTANO" install || die "meltano install failed"
+  "$MELTANO" install >"$LOG_DIR/demo-meltano-install.log" 2>&1 \
+    || { tail -n 30 "$LOG_DIR/demo-meltano-install.log" >&2; die "meltano install failed"; }
+  grep -E "Installed [0-9]+/[0-9]+ plugins" "$LOG_DIR/demo-meltano-install.log" | sed 's/.*meltano *//' || true
   echo "$PLUGINS_STAMP" >.meltano/.demo-installed
 fi
 
@@ -112,7 +116,8 @@ if ! "$MELTANO" --environment=dev run --full-refresh "$EXTRACTOR" "$LOADER" >"$R
   tail -n 40 "$RUN_LOG" >&2
   die "meltano run failed (full log: output/demo-meltano-run.log)"
 fi
-grep -E "pinterest|Created|Adopting|skipp|WARNING|ERROR" "$RUN_LOG" | grep -v '"type"' | tail -n 15 || true
+grep -E "target-pinterest-audiences (Created|Adopting|Run summary)" "$RUN_LOG" \
+  | sed 's/^.*target-pinterest-audiences */  /' || true
 echo "(full log: output/demo-meltano-run.log)"
 
 # --- 6. the report ------------------------------------------------------------------------
@@ -151,6 +156,7 @@ rows = [
     ("Records received", report.get("records_received")),
     ("Identifiers added", report.get("identifiers_added")),
     ("Identifiers removed", report.get("identifiers_removed")),
+    ("Removes before the list existed", report.get("removes_without_list", 0)),
     ("Records skipped", f"{skipped_total}" + (f"  ({by_reason})" if by_reason else "")),
     ("API requests", report.get("requests")),
     ("Emulator: list members", f"{len(members)}  (lists: {len(emu.get('lists', []))}, audiences: {len(emu.get('audiences', []))})"),

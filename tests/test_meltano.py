@@ -1,0 +1,332 @@
+"""End to end through a real Meltano: `meltano install`, `meltano run`, `meltano state get`.
+
+- the bundled sample (tap-spreadsheets over sample/customers*.csv): run 1 uploads it, a new
+  export arrives, run 2 sends only that export, a run 3 with nothing new sends nothing;
+- the warehouse path (meltanolabs-tap-postgres, incremental on updated_at) against a real
+  PostgreSQL server given by the PG* variables (scripts/setup-postgres.sh starts one);
+  without one the test is skipped and says why (TPA_REQUIRE_POSTGRES=1 makes that a failure);
+- `meltano config list` shows every setting the target has, never a secret.
+
+Each test gets its own emulator and Meltano project; Meltano and the plugin venvs are built
+once and cached (tests/meltano_helpers.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import meltano_helpers as mh
+import pytest
+import yaml
+
+from target_pinterest_audiences.emulator import Emulator
+
+pytestmark = pytest.mark.meltano
+
+
+# ---- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def meltano_exe() -> Path:
+    return mh.meltano_executable()
+
+
+@pytest.fixture(scope="session")
+def plugins(meltano_exe: Path) -> Path:
+    return mh.plugins_template(meltano_exe)
+
+
+@pytest.fixture(scope="session")
+def sample() -> Any:
+    return mh.sample_module()
+
+
+@pytest.fixture
+def emu() -> Iterator[Emulator]:
+    emulator = Emulator(port=0, ad_accounts=(mh.AD_ACCOUNT,), access_token=mh.ACCESS_TOKEN).start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
+def meltano(meltano_exe: Path, plugins: Path, emu: Emulator, tmp_path: Path) -> mh.Meltano:
+    project = mh.new_project(tmp_path, plugins)
+    env = mh.clean_env(
+        TARGET_PINTEREST_AUDIENCES_API_URL=emu.api_url,
+        XDG_CONFIG_HOME=str(tmp_path / "xdg-config"),
+    )
+    return mh.Meltano(meltano_exe, project, env)
+
+
+def only_list_and_audience(emu: Emulator) -> tuple[dict[str, Any], dict[str, Any]]:
+    state = emu.state(requests=False)
+    assert len(state["lists"]) == 1, f"expected one Customer List, got {state['lists']}"
+    assert len(state["audiences"]) == 1, f"expected one Audience, got {state['audiences']}"
+    return state["lists"][0], state["audiences"][0]
+
+
+def check_ids(report: dict[str, Any], emu: Emulator) -> set[str]:
+    """The report names the emulator's only list and audience; returns the list's members."""
+    lst, audience = only_list_and_audience(emu)
+    assert report["ad_account_id"] == mh.AD_ACCOUNT
+    assert str(report["segment_id"]) == str(lst["id"])
+    assert str(report["audience_id"]) == str(audience["id"])
+    assert str(audience["rule"]["customer_list_id"]) == str(lst["id"])
+    return set(lst["members"])
+
+
+def skipped_total(report: dict[str, Any]) -> int:
+    return sum(report["records_skipped"].values())
+
+
+# ---- the bundled sample ----------------------------------------------------------------------
+
+
+def test_sample_csv_incremental(meltano: mh.Meltano, emu: Emulator, sample: Any) -> None:
+    base = mh.read_rows(mh.REPO / "sample" / "customers.csv")
+    assert len(base) >= 1000
+    t0 = time.time() - 3600
+    mh.write_rows(sample, base, meltano.project / "sample" / "customers.csv", t0)
+
+    # Run 1: the whole sample.
+    meltano.run(mh.CSV_TAP)
+    state1 = meltano.state(mh.CSV_TAP)
+    report1 = state1["pinterest_audience"]
+    expected1, skipped1 = mh.apply_rows(base)
+    assert report1["records_received"] == len(base)
+    assert skipped_total(report1) == skipped1
+    assert report1["list_created"] is True and report1["audience_created"] is True
+    assert check_ids(report1, emu) == expected1
+    assert "customers" in state1["bookmarks"], state1
+
+    # The source changes: a new export with members flipping to remove (newer updated_at),
+    # new customers and returning ones.
+    changes = sample.changes(base)
+    assert {r["action"] for r in changes} == {"add", "remove"}
+    assert min(r["updated_at"] for r in changes) > max(r["updated_at"] for r in base)
+    mh.write_rows(sample, changes, meltano.project / "sample" / "customers-2.csv", t0 + 120)
+    expected2, skipped2 = mh.apply_rows(changes, expected1)
+    assert expected1 - expected2 and expected2 - expected1, "the changes must remove and add"
+
+    # Run 2: only the new export travels (the tap's bookmark came back through our STATE).
+    meltano.run(mh.CSV_TAP)
+    state2 = meltano.state(mh.CSV_TAP)
+    report2 = state2["pinterest_audience"]
+    assert report2["records_received"] == len(changes)
+    assert skipped_total(report2) == skipped2
+    assert report2["list_created"] is False and report2["audience_created"] is False
+    assert report2["segment_id"] == report1["segment_id"]
+    assert report2["audience_id"] == report1["audience_id"]
+    assert report2["identifiers_removed"] > 0
+    assert check_ids(report2, emu) == expected2
+
+    # Run 3: nothing new, nothing sent, nothing changed.
+    writes_before = emu.state(members=False)["requests"]
+    meltano.run(mh.CSV_TAP)
+    report3 = meltano.state(mh.CSV_TAP)["pinterest_audience"]
+    assert report3["records_received"] == 0
+    writes = [
+        r
+        for r in emu.state(members=False)["requests"][len(writes_before) :]
+        if r.get("method") in ("POST", "PATCH")
+    ]
+    assert writes == []
+    assert set(only_list_and_audience(emu)[0]["members"]) == expected2
+
+
+# ---- the warehouse path ----------------------------------------------------------------------
+
+_PG_VARS = ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE")
+_COLUMNS = ("customer_id", "segment_name", "action", "updated_at", "email", "mobile_ad_id")
+
+
+def _no_postgres(reason: str) -> None:
+    message = f'{reason} (start one with: eval "$(bash scripts/setup-postgres.sh)")'
+    if os.environ.get("TPA_REQUIRE_POSTGRES") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def warehouse(plugins: Path) -> Iterator[mh.Postgres]:
+    """A fresh database on the PG* server, dropped afterwards."""
+    if not any(os.environ.get(v) for v in ("PGHOST", "PGPORT", "PGDATABASE")):
+        _no_postgres("no PostgreSQL server configured: PGHOST/PGPORT/PGDATABASE are not set")
+    python = plugins / ".meltano" / "extractors" / mh.PG_TAP / "venv" / "bin" / "python"
+    admin = mh.Postgres(python, os.environ)
+    dbname = f"tpa_meltano_{uuid.uuid4().hex[:10]}"
+    try:
+        admin.execute("SELECT 1")
+        admin.execute(f'CREATE DATABASE "{dbname}"')
+    except RuntimeError as exc:
+        _no_postgres(f"PostgreSQL at PG* is not usable: {exc}")
+    try:
+        yield mh.Postgres(python, os.environ, dbname)
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def _upsert(db: mh.Postgres, rows: list[dict[str, str]]) -> None:
+    params = [
+        [r[c] if r[c].strip() or c in ("segment_name", "action") else None for c in _COLUMNS]
+        for r in rows
+    ]
+    db.execute(
+        (
+            "INSERT INTO customers (customer_id, segment_name, action, updated_at, email,"
+            " mobile_ad_id) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (customer_id) DO UPDATE"
+            " SET segment_name = EXCLUDED.segment_name, action = EXCLUDED.action,"
+            " updated_at = EXCLUDED.updated_at, email = EXCLUDED.email,"
+            " mobile_ad_id = EXCLUDED.mobile_ad_id",
+            params,
+            True,
+        )
+    )
+
+
+def _table(db: mh.Postgres) -> list[dict[str, Any]]:
+    rows = db.execute(
+        "SELECT customer_id, segment_name, action, updated_at, email, mobile_ad_id"
+        " FROM customers ORDER BY updated_at, customer_id"
+    )
+    return [dict(zip(_COLUMNS, r, strict=True)) for r in rows]
+
+
+def test_warehouse_postgres_incremental(
+    meltano: mh.Meltano, emu: Emulator, sample: Any, warehouse: mh.Postgres
+) -> None:
+    warehouse.execute(
+        "CREATE TABLE customers (customer_id bigint PRIMARY KEY, segment_name text NOT NULL,"
+        " action text NOT NULL, updated_at timestamptz NOT NULL, email text, mobile_ad_id text)"
+    )
+    base = mh.read_rows(mh.REPO / "sample" / "customers.csv")
+    latest = {r["customer_id"]: r for r in base}  # a table holds one row per customer
+    _upsert(warehouse, list(latest.values()))
+    table1 = _table(warehouse)
+    env = dict(meltano.env, **{v: os.environ[v] for v in _PG_VARS if v in os.environ})
+    env["PGDATABASE"] = warehouse.dbname or ""
+
+    # Run 1: the whole table.
+    meltano("--environment=dev", "run", mh.PG_TAP, mh.LOADER, env=env)
+    state1 = meltano.state(mh.PG_TAP)
+    report1 = state1["pinterest_audience"]
+    expected1, skipped1 = mh.apply_rows(table1)
+    assert report1["records_received"] == len(table1)
+    assert skipped_total(report1) == skipped1
+    assert check_ids(report1, emu) == expected1
+    bookmark = state1["bookmarks"]["public-customers"]
+    assert bookmark["replication_key"] == "updated_at", bookmark
+
+    # The warehouse changes: rows flip to remove (newer updated_at), new rows, returning ones.
+    _upsert(warehouse, sample.changes(base))
+    boundary = max(r["updated_at"] for r in table1)
+    # The tap re-reads rows equal to its bookmark (>=): the newest unchanged row comes again.
+    since = [r for r in _table(warehouse) if r["updated_at"] >= boundary]
+    expected2, skipped2 = mh.apply_rows(since, expected1)
+    assert expected1 - expected2 and expected2 - expected1
+
+    # Run 2: only changed rows travel.
+    meltano("--environment=dev", "run", mh.PG_TAP, mh.LOADER, env=env)
+    state2 = meltano.state(mh.PG_TAP)
+    report2 = state2["pinterest_audience"]
+    assert report2["records_received"] == len(since) < len(table1) // 4
+    assert skipped_total(report2) == skipped2
+    assert report2["segment_id"] == report1["segment_id"]
+    assert report2["audience_id"] == report1["audience_id"]
+    assert check_ids(report2, emu) == expected2
+    # ...which is exactly the table's valid "add" rows now.
+    assert expected2 == mh.apply_rows(r for r in _table(warehouse) if r["action"] == "add")[0]
+
+
+# ---- configuration ---------------------------------------------------------------------------
+
+_KINDS = {
+    "string": "string",
+    "integer": "integer",
+    "number": "decimal",
+    "boolean": "boolean",
+    "object": "object",
+    "array": "array",
+}
+
+
+def _loader_definition() -> dict[str, Any]:
+    project = yaml.safe_load((mh.REPO / "meltano.yml").read_text(encoding="utf-8"))
+    (loader,) = [p for p in project["plugins"]["loaders"] if p["name"] == mh.LOADER]
+    return loader
+
+
+def test_meltano_yml_matches_the_target(meltano: mh.Meltano) -> None:
+    """Every setting the target has is declared, with its kind, default and secrecy."""
+    about = json.loads(meltano("invoke", mh.LOADER, "--about", "--format=json").stdout)
+    loader = _loader_definition()
+    declared = {s["name"]: s for s in loader["settings"]}
+    properties = about["settings"]["properties"]
+    assert set(declared) == set(properties)
+    for name, prop in properties.items():
+        setting = declared[name]
+        assert setting.get("label") and setting.get("description"), name
+        json_type = next(t for t in prop["type"] if t != "null")
+        assert setting["kind"] == ("options" if "enum" in prop else _KINDS[json_type]), name
+        if "enum" in prop:
+            assert [o["value"] for o in setting["options"]] == prop["enum"], name
+        assert bool(setting.get("sensitive")) == bool(prop.get("secret")), name
+        if "default" in prop:
+            assert setting.get("value") == prop["default"], name
+        else:
+            assert "value" not in setting, name
+    assert set(loader["capabilities"]) <= set(about["capabilities"])
+    assert loader["namespace"] == "target_pinterest_audiences"
+    assert loader["executable"] == mh.LOADER
+    groups = {frozenset(g) for g in loader["settings_group_validation"]}
+    assert groups == {
+        frozenset({"ad_account_id", "audience_name", "access_token"}),
+        frozenset({"ad_account_id", "audience_id", "access_token"}),
+        frozenset(
+            {"ad_account_id", "audience_name", "refresh_token", "client_id", "client_secret"}
+        ),
+        frozenset({"ad_account_id", "audience_id", "refresh_token", "client_id", "client_secret"}),
+    }
+
+
+def test_config_list_shows_settings_not_secrets(meltano: mh.Meltano) -> None:
+    secrets = {
+        "TARGET_PINTEREST_AUDIENCES_ACCESS_TOKEN": "pina_" + uuid.uuid4().hex,
+        "TARGET_PINTEREST_AUDIENCES_REFRESH_TOKEN": "pinr_" + uuid.uuid4().hex,
+        "TARGET_PINTEREST_AUDIENCES_CLIENT_ID": "1" + uuid.uuid4().hex[:12],
+        "TARGET_PINTEREST_AUDIENCES_CLIENT_SECRET": "cs_" + uuid.uuid4().hex,
+    }
+    env = dict(meltano.env, PINTEREST_AD_ACCOUNT_ID="1234567890", **secrets)
+    loader = _loader_definition()
+    for environment in ("dev", "prod"):
+        for args in (
+            ("config", "list", mh.LOADER, "--all"),
+            ("config", "print", mh.LOADER),
+        ):
+            proc = meltano(f"--environment={environment}", *args, env=env)
+            for value in secrets.values():
+                assert value not in proc.stdout and value not in proc.stderr, (environment, args)
+            if args[1] == "list":
+                out = " ".join(proc.stdout.split())
+                for setting in loader["settings"]:
+                    name = setting["name"]
+                    var = f"TARGET_PINTEREST_AUDIENCES_{name.upper()}"
+                    assert re.search(rf"(^| ){name}( \([^)]*\))? \[env: {var}\]", out), name
+                    assert " ".join(setting["description"].split()) in out, name
+                assert "(redacted)" in out
+    # The job and the daily schedule are there.
+    schedules = json.loads(meltano("schedule", "list", "--format=json").stdout)
+    (daily,) = [s for s in schedules["schedules"]["job"] if s["name"] == "daily-audience-sync"]
+    assert daily["interval"] == "@daily"
+    assert daily["job"]["name"] == "sample-to-pinterest"
+    assert daily["job"]["tasks"] == [f"{mh.CSV_TAP} {mh.LOADER}"]
