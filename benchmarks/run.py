@@ -1,0 +1,554 @@
+"""Throughput and memory benchmark of target-pinterest-audiences (issue 6).
+
+One command, run on demand (never part of the test suite):
+
+    python benchmarks/run.py                 # N = 1,000,000, 3 repeats (about 6-8 minutes)
+    python benchmarks/run.py --quick         # a smoke run on small inputs (under a minute)
+    python benchmarks/run.py --records 500000 --repeat 5
+
+What one run does, on the same machine:
+
+1. Generates N synthetic Singer messages (a loose tap SCHEMA, RECORDs with mixed-case emails
+   with stray spaces, MAIDs, pre-hashed email_sha256 values, about 10% removes, a few rows
+   that break the audience rules, STATE every 50,000 records; one segment_name; fixed seed)
+   and caches the file under benchmarks/out/ (gitignored), so later runs reuse it.
+2. Starts the local Pinterest emulator as a separate process (no server-side write limit)
+   and runs the real CLI (`target-pinterest-audiences`) on the file, with the client-side
+   write limit raised so only our own code is measured.
+3. Runs, on the same file, a do-nothing singer-sdk target with default settings
+   (benchmarks/noop_target.py: a BatchSink whose process_batch does nothing): the
+   framework's default cost, jsonschema validation against the tap's SCHEMA included.
+   Our runs and the no-op runs alternate; medians of --repeat runs are reported.
+4. Runs our target on N = 200,000 and N = 2,000,000 records and compares peak RSS.
+5. Overlap check: the emulator answers each write after 200 ms; the run must take no
+   longer than max(CPU-bound time, writes x 0.2 s) x 1.1, where the CPU-bound time is the
+   median wall time of step 2 on the same input.
+
+Wall time is measured around the child process; peak RSS, user and system time come from
+/usr/bin/time -v (or, without it, getrusage(RUSAGE_CHILDREN) in a fresh wrapper process).
+Goals (issue 6): ours >= 2.5x faster than the no-op default target; RSS(2M) within 15% of
+RSS(200k); the 200 ms overlap goal. The exit status is 0 whatever the numbers: this is a
+measurement, not a test.
+
+`--ours-cmd` runs another command in place of the installed CLI (for example a prototype
+wrapper), with the same config file appended as `--config PATH`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+AD_ACCOUNT = "549755885175"
+ACCESS_TOKEN = "emu-access-token"
+SEGMENT = "Bench Customers"
+STREAM = "crm_audience_export"
+SEED = 20240611
+GENERATOR_VERSION = 1
+STATE_EVERY = 50_000
+WRITE_DELAY_MS = 200
+
+TAP_SCHEMA = {
+    "type": "SCHEMA",
+    "stream": STREAM,
+    "schema": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "segment_name": {"type": ["string", "null"]},
+            "action": {"type": ["string", "null"]},
+            "email": {"type": ["string", "null"]},
+            "email_sha256": {"type": ["string", "null"]},
+            "maid": {"type": ["string", "null"]},
+            "country": {"type": ["string", "null"]},
+        },
+    },
+    "key_properties": ["id"],
+}
+
+FIRST = ["ada", "grace", "alan", "edsger", "barbara", "donald", "margaret", "ken", "linus", "guido"]
+LAST = ["lovelace", "hopper", "turing", "dijkstra", "liskov", "knuth", "hamilton", "thompson"]
+DOMAINS = ["example.com", "Mail.Example.org", "corp.example.net", "EXAMPLE.co.uk", "inbox.example"]
+COUNTRIES = ["US", "GB", "FR", "DE", "CA", None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Input
+# ---------------------------------------------------------------------------------------------
+
+
+def _mixed_case(rng: random.Random, text: str) -> str:
+    style = rng.random()
+    if style < 0.5:
+        return text
+    if style < 0.7:
+        return text.title()
+    if style < 0.8:
+        return text.upper()
+    return "".join(c.upper() if rng.random() < 0.3 else c for c in text)
+
+
+def _padded(rng: random.Random, text: str) -> str:
+    roll = rng.random()
+    if roll < 0.15:
+        return "  " + text
+    if roll < 0.3:
+        return text + " "
+    if roll < 0.35:
+        return "\t" + text + "  "
+    return text
+
+
+def _email(rng: random.Random, i: int) -> str:
+    local = f"{rng.choice(FIRST)}.{rng.choice(LAST)}{i}"
+    return _padded(rng, _mixed_case(rng, local) + "@" + rng.choice(DOMAINS))
+
+
+def _maid(rng: random.Random) -> str:
+    u = f"{rng.getrandbits(128):032x}"
+    text = f"{u[:8]}-{u[8:12]}-{u[12:16]}-{u[16:20]}-{u[20:]}"
+    return _padded(rng, text.upper() if rng.random() < 0.4 else text)
+
+
+_INVALID_KINDS = ("bad_email", "bad_maid", "unknown_action", "no_identifier", "bad_sha256")
+
+
+def generate(n: int, path: Path, seed: int = SEED) -> None:
+    """Write the SCHEMA, n RECORDs and a STATE every STATE_EVERY records to path."""
+    rng = random.Random(seed)
+    tmp = path.with_suffix(".tmp")
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    recent: list[tuple[str | None, str | None, str | None]] = []
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(dumps(TAP_SCHEMA) + "\n")
+        for i in range(1, n + 1):
+            action = "remove" if rng.random() < 0.10 else "add"
+            if action == "remove" and recent and rng.random() < 0.6:
+                # Most removes take back someone added earlier.
+                email, sha, maid = rng.choice(recent)
+            else:
+                kind = rng.random()
+                email = sha = maid = None
+                if kind < 0.60:
+                    email = _email(rng, i)
+                elif kind < 0.75:
+                    sha = hashlib.sha256(f"user{i}@example.com".encode()).hexdigest()
+                    if rng.random() < 0.2:
+                        sha = sha.upper()
+                elif kind < 0.90:
+                    maid = _maid(rng)
+                else:
+                    email, maid = _email(rng, i), _maid(rng)
+                if len(recent) < 5000:
+                    recent.append((email, sha, maid))
+                else:
+                    recent[rng.randrange(5000)] = (email, sha, maid)
+            row: dict[str, Any] = {
+                "id": i,
+                "segment_name": SEGMENT,
+                "action": action if rng.random() < 0.95 else action.upper(),
+                "email": email,
+                "email_sha256": sha,
+                "maid": maid,
+                "country": rng.choice(COUNTRIES),
+            }
+            if i % 4999 == 0:  # a few rows break the audience rules (skipped, counted)
+                bad = _INVALID_KINDS[(i // 4999) % len(_INVALID_KINDS)]
+                if bad == "bad_email":
+                    row.update(email="john.doe at example.com", email_sha256=None, maid=None)
+                elif bad == "bad_maid":
+                    row.update(email=None, email_sha256=None, maid="not-a-device-id")
+                elif bad == "unknown_action":
+                    row["action"] = "delete"
+                elif bad == "no_identifier":
+                    row.update(email=None, email_sha256=None, maid=None)
+                else:
+                    row.update(email=None, email_sha256="ab" * 31 + "a", maid=None)
+            fh.write(dumps({"type": "RECORD", "stream": STREAM, "record": row}) + "\n")
+            if i % STATE_EVERY == 0:
+                state = {
+                    "bookmarks": {STREAM: {"replication_key": "id", "replication_key_value": i}}
+                }
+                fh.write(dumps({"type": "STATE", "value": state}) + "\n")
+    tmp.replace(path)
+
+
+def input_file(n: int) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"records-{n}-seed{SEED}-v{GENERATOR_VERSION}.jsonl"
+    if not path.exists():
+        started = time.perf_counter()
+        generate(n, path)
+        size = path.stat().st_size / 1e6
+        print(f"  generated {path.name} ({size:.0f} MB) in {time.perf_counter() - started:.1f}s")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The emulator (a separate process)
+# ---------------------------------------------------------------------------------------------
+
+
+class EmulatorProcess:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "target_pinterest_audiences.emulator",
+                "--port",
+                "0",
+                "--ad-account",
+                AD_ACCOUNT,
+                "--access-token",
+                ACCESS_TOKEN,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("listening on "):
+            self.stop()
+            raise SystemExit(f"emulator did not start: {line!r}")
+        self.base_url = line.removeprefix("listening on ")
+        self.api_url = self.base_url + "/v5"
+
+    def control(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(  # noqa: S310 - the local emulator, http only
+            self.base_url + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - loopback only
+            return json.loads(resp.read())
+
+    def reset(self, write_delay_ms: int = 0) -> None:
+        self.control("POST", "/_emulator/reset", {"config": True})
+        if write_delay_ms:
+            self.control("POST", "/_emulator/config", {"write_delay_ms": write_delay_ms})
+
+    def writes(self) -> int:
+        state = self.control("GET", "/_emulator/state?members=0&requests=1")
+        return sum(
+            1
+            for entry in state["requests"]
+            if entry["method"] in ("POST", "PATCH") and "/ad_accounts/" in entry["path"]
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring one run
+# ---------------------------------------------------------------------------------------------
+
+_RUSAGE_WRAPPER = """
+import json, resource, subprocess, sys
+out = sys.argv[1]
+fin, fout, ferr = open(sys.argv[2], "rb"), open(sys.argv[3], "wb"), open(sys.argv[4], "wb")
+rc = subprocess.call(sys.argv[5:], stdin=fin, stdout=fout, stderr=ferr)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+with open(out, "w") as fh:
+    json.dump({"rc": rc, "maxrss_kb": r.ru_maxrss, "user": r.ru_utime, "sys": r.ru_stime}, fh)
+"""
+
+
+@dataclass
+class Measure:
+    label: str
+    wall: float
+    user: float
+    sys: float
+    maxrss_mb: float
+    returncode: int
+    stdout: str
+    stderr: str
+    final_state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def report(self) -> dict[str, Any]:
+        return self.final_state.get("pinterest_audience", {})
+
+
+def measure(label: str, cmd: list[str], input_path: Path, tmp: Path) -> Measure:
+    out, err, usage = tmp / "stdout", tmp / "stderr", tmp / "usage"
+    time_bin = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").exists() else None)
+    if os.environ.get("BENCH_NO_TIME_BIN"):  # exercise the getrusage fallback
+        time_bin = None
+    if time_bin:
+        full = [time_bin, "-v", "-o", str(usage), *cmd]
+        with input_path.open("rb") as fin, out.open("wb") as fout, err.open("wb") as ferr:
+            started = time.perf_counter()
+            rc = subprocess.call(full, stdin=fin, stdout=fout, stderr=ferr)
+            wall = time.perf_counter() - started
+        fields = {}
+        for line in usage.read_text().splitlines():
+            key, _, value = line.strip().rpartition(": ")
+            fields[key] = value
+        user = float(fields["User time (seconds)"])
+        system = float(fields["System time (seconds)"])
+        maxrss_kb = int(fields["Maximum resident set size (kbytes)"])
+        if "Command exited with non-zero status" in usage.read_text():
+            rc = rc or 1
+    else:
+        full = [
+            sys.executable,
+            "-c",
+            _RUSAGE_WRAPPER,
+            str(usage),
+            str(input_path),
+            str(out),
+            str(err),
+        ]
+        started = time.perf_counter()
+        subprocess.check_call([*full, *cmd])
+        wall = time.perf_counter() - started
+        data = json.loads(usage.read_text())
+        rc, user, system, maxrss_kb = data["rc"], data["user"], data["sys"], data["maxrss_kb"]
+    stdout, stderr = out.read_text(), err.read_text(errors="replace")
+    final: dict[str, Any] = {}
+    for line in reversed(stdout.splitlines()):
+        if line.strip():
+            with contextlib.suppress(ValueError):
+                final = json.loads(line)
+            break
+    return Measure(label, wall, user, system, maxrss_kb / 1024, rc, stdout, stderr, final)
+
+
+def check_ok(m: Measure) -> None:
+    if m.returncode != 0:
+        tail = "\n".join(m.stderr.splitlines()[-15:])
+        raise SystemExit(f"{m.label} failed with exit status {m.returncode}:\n{tail}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="tpa-bench-"))
+        self.emu = EmulatorProcess()
+        bindir = Path(sys.executable).parent
+        cli = bindir / "target-pinterest-audiences"
+        if args.ours_cmd:
+            self.ours_cmd = shlex.split(args.ours_cmd)
+        elif cli.exists():
+            self.ours_cmd = [str(cli)]
+        else:
+            self.ours_cmd = [sys.executable, "-m", "target_pinterest_audiences.target"]
+        self.noop_cmd = [sys.executable, str(HERE / "noop_target.py")]
+        self.ours_config = self.tmp / "ours.json"
+        self.ours_config.write_text(
+            json.dumps(
+                {
+                    "ad_account_id": AD_ACCOUNT,
+                    "audience_name": "bench",
+                    "access_token": ACCESS_TOKEN,
+                    "api_url": self.emu.api_url,
+                    "on_invalid_record": "skip",
+                    "max_writes_per_minute": 1_000_000,
+                    "token_cache_path": str(self.tmp / "tokens.json"),
+                }
+            )
+        )
+        self.noop_config = self.tmp / "noop.json"
+        self.noop_config.write_text("{}")
+
+    def close(self) -> None:
+        self.emu.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def ours(self, input_path: Path, write_delay_ms: int = 0) -> tuple[Measure, int]:
+        self.emu.reset(write_delay_ms)
+        m = measure(
+            "ours", [*self.ours_cmd, "--config", str(self.ours_config)], input_path, self.tmp
+        )
+        check_ok(m)
+        if not m.report.get("complete"):
+            raise SystemExit(f"our run did not complete: {m.report}")
+        return m, self.emu.writes()
+
+    def noop(self, input_path: Path) -> Measure:
+        m = measure(
+            "noop", [*self.noop_cmd, "--config", str(self.noop_config)], input_path, self.tmp
+        )
+        check_ok(m)
+        return m
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _fmt_runs(values: list[float], unit: str = "s") -> str:
+    return ", ".join(f"{v:.2f}{unit}" for v in values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--records", type=int, default=None, help="N for the speed runs (1,000,000)")
+    p.add_argument("--repeat", type=int, default=None, help="runs of each target (3)")
+    p.add_argument("--quick", action="store_true", help="small inputs, one run each")
+    p.add_argument("--small", type=int, default=None, help="N of the small memory run (200,000)")
+    p.add_argument("--large", type=int, default=None, help="N of the large memory run (2,000,000)")
+    p.add_argument("--skip-noop", action="store_true", help="do not run the no-op target")
+    p.add_argument("--skip-memory", action="store_true", help="skip the 200k / 2M runs")
+    p.add_argument("--skip-overlap", action="store_true", help="skip the 200 ms overlap check")
+    p.add_argument("--ours-cmd", default=None, help="command run instead of the installed CLI")
+    args = p.parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # progress shows when redirected
+    n = args.records or (100_000 if args.quick else 1_000_000)
+    repeat = args.repeat or (1 if args.quick else 3)
+    small = args.small or (20_000 if args.quick else 200_000)
+    large = args.large or (200_000 if args.quick else 2_000_000)
+
+    print(f"target-pinterest-audiences benchmark  ({time.strftime('%Y-%m-%d %H:%M:%S')})")
+    print(
+        f"  python {sys.version.split()[0]}, {os.cpu_count()} cpus, load average "
+        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    path = input_file(n)
+    bench = Bench(args)
+    try:
+        print(f"  ours: {' '.join(bench.ours_cmd)}")
+        print(f"  noop: {' '.join(bench.noop_cmd)}")
+        print(f"\n== Speed: N = {n:,} records, {repeat} run(s) each, alternating ==")
+        ours: list[Measure] = []
+        noops: list[Measure] = []
+        writes: list[int] = []
+        for _ in range(repeat):
+            m, w = bench.ours(path)
+            ours.append(m)
+            writes.append(w)
+            if not args.skip_noop:
+                noops.append(bench.noop(path))
+        r = ours[-1].report
+        identifiers = r["identifiers_added"] + r["identifiers_removed"] + r["removes_without_list"]
+        ours_wall = _median([m.wall for m in ours])
+        ours_cpu = _median([m.user + m.sys for m in ours])
+        print(
+            f"ours   wall {_fmt_runs([m.wall for m in ours])}  -> median {ours_wall:.2f}s "
+            f"(cpu user+sys median {ours_cpu:.2f}s)"
+        )
+        print(
+            f"       records/s {n / ours_wall:,.0f}   identifiers/s {identifiers / ours_wall:,.0f}"
+            f"   peak RSS {_median([m.maxrss_mb for m in ours]):.0f} MB"
+        )
+        print(
+            f"       records received {r['records_received']:,}, skipped "
+            f"{sum(r['records_skipped'].values()):,} {r['records_skipped']}"
+        )
+        print(
+            f"       identifiers added {r['identifiers_added']:,}, removed "
+            f"{r['identifiers_removed']:,}, removes before the list existed "
+            f"{r['removes_without_list']:,}"
+        )
+        print(
+            f"       requests sent {r['requests']} (STATE pinterest_audience.requests); "
+            f"writes seen by the emulator {writes[-1]}"
+        )
+        ratio = None
+        if noops:
+            noop_wall = _median([m.wall for m in noops])
+            ratio = noop_wall / ours_wall
+            pair = [nm.wall / om.wall for om, nm in zip(ours, noops, strict=True)]
+            print(
+                f"noop   wall {_fmt_runs([m.wall for m in noops])}  -> median {noop_wall:.2f}s "
+                f"(cpu user+sys median {_median([m.user + m.sys for m in noops]):.2f}s)"
+            )
+            print(
+                f"       records/s {n / noop_wall:,.0f}   peak RSS "
+                f"{_median([m.maxrss_mb for m in noops]):.0f} MB"
+            )
+            print(
+                f"ratio  noop_wall / ours_wall = {ratio:.2f}  (per pair: "
+                f"{', '.join(f'{x:.2f}' for x in pair)})   goal >= 2.5: "
+                f"{'MET' if ratio >= 2.5 else 'NOT MET'}"
+            )
+
+        rss_ratio = None
+        if not args.skip_memory:
+            print(f"\n== Memory: N = {small:,} vs N = {large:,} (ours) ==")
+            rss = {}
+            for size in (small, large):
+                m, _ = bench.ours(input_file(size))
+                rss[size] = m.maxrss_mb
+                print(
+                    f"N = {size:>9,}: peak RSS {m.maxrss_mb:.1f} MB, wall {m.wall:.2f}s, "
+                    f"records/s {size / m.wall:,.0f}"
+                )
+            rss_ratio = rss[large] / rss[small]
+            print(
+                f"RSS({large:,}) / RSS({small:,}) = {rss_ratio:.3f}   goal <= 1.15: "
+                f"{'MET' if rss_ratio <= 1.15 else 'NOT MET'}"
+            )
+
+        overlap_ok = None
+        if not args.skip_overlap:
+            print(
+                f"\n== Overlap: emulator answers each write after {WRITE_DELAY_MS} ms, N = {n:,} =="
+            )
+            m, w = bench.ours(path, write_delay_ms=WRITE_DELAY_MS)
+            network = w * WRITE_DELAY_MS / 1000
+            bound = max(ours_wall, network) * 1.1
+            overlap_ok = m.wall <= bound
+            print(
+                f"wall {m.wall:.2f}s; CPU-bound time {ours_wall:.2f}s (median above); "
+                f"writes {w} x {WRITE_DELAY_MS / 1000:.1f}s = {network:.1f}s"
+            )
+            print(
+                f"bound max({ours_wall:.2f}, {network:.1f}) x 1.1 = {bound:.2f}s   "
+                f"wall / bound = {m.wall / bound:.3f}   goal: {'MET' if overlap_ok else 'NOT MET'}"
+            )
+
+        print("\n== Summary ==")
+        if ratio is not None:
+            print(
+                f"speed   ours {n / ours_wall:,.0f} records/s, {ratio:.2f}x the no-op default "
+                f"target (goal 2.5x): {'MET' if ratio >= 2.5 else 'NOT MET'}"
+            )
+        if rss_ratio is not None:
+            print(
+                f"memory  RSS({large:,}) / RSS({small:,}) = {rss_ratio:.3f} (goal <= 1.15): "
+                f"{'MET' if rss_ratio <= 1.15 else 'NOT MET'}"
+            )
+        if overlap_ok is not None:
+            print(f"overlap {'MET' if overlap_ok else 'NOT MET'}")
+    finally:
+        bench.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
