@@ -117,10 +117,21 @@ if [[ ! -f "$PG_DATA/PG_VERSION" ]]; then
   rm -f "$pwfile"
 fi
 
+pid_alive() {
+  # A killed server can linger as a zombie, which kill -0 (and so pg_ctl) still sees.
+  [[ -n "$1" && -r "/proc/$1/status" ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"
+}
+
 running_port() {
-  # Line 4 of postmaster.pid is the port of a live server.
-  if run_pg "$BINDIR/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; then
+  # Line 1 of postmaster.pid is the server's pid, line 4 its port.
+  local pid
+  [[ -f "$PG_DATA/postmaster.pid" ]] || return 0
+  pid="$(sed -n 1p "$PG_DATA/postmaster.pid")"
+  if pid_alive "$pid"; then
     sed -n 4p "$PG_DATA/postmaster.pid"
+  else
+    log "removing the stale postmaster.pid of a server that is gone (pid $pid)"
+    rm -f "$PG_DATA/postmaster.pid"
   fi
 }
 
