@@ -88,8 +88,10 @@ port_free() {
   python3 - "$1" <<'EOF' 2>/dev/null
 import socket, sys
 s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is fine
 try:
     s.bind(("127.0.0.1", int(sys.argv[1])))
+    s.listen(1)
 except OSError:
     sys.exit(1)
 finally:
