@@ -324,6 +324,11 @@ def test_config_list_shows_settings_not_secrets(meltano: mh.Meltano) -> None:
                     assert re.search(rf"(^| ){name}( \([^)]*\))? \[env: {var}\]", out), name
                     assert " ".join(setting["description"].split()) in out, name
                 assert "(redacted)" in out
+    # The auth helper runs through Meltano with the plugin's settings (the dev token reaches
+    # the emulator's ad account; a hand-given token's scopes stay unverified, hence rc 0 or 1).
+    check = meltano("invoke", f"{mh.LOADER}:check", check=False)
+    assert check.returncode in (0, 1), check.stderr[-3000:]
+    assert mh.AD_ACCOUNT in check.stdout + check.stderr
     # The job and the daily schedule are there.
     schedules = json.loads(meltano("schedule", "list", "--format=json").stdout)
     (daily,) = [s for s in schedules["schedules"]["job"] if s["name"] == "daily-audience-sync"]
