@@ -23,7 +23,13 @@ What is in it, on purpose (``python sample/generate.py --summary`` prints the co
 
 ``changes(...)`` makes the next export: rows of existing members flipping to
 "remove" with a newer updated_at, new customers, and a few returning customers. The
-tests write it next to the first file; ``--changes FILE`` writes it from the command line.
+tests write it next to the first file; ``--changes FILE`` writes it from the command line:
+
+    python sample/generate.py --changes sample/customers_2025-06-05.csv
+
+Name later exports so that they sort after ``customers.csv`` (``customers_<date>.csv``):
+the extractor reads the new files of a run in name order, and order matters when one run
+reads several exports that touch the same customer.
 """
 
 from __future__ import annotations

@@ -114,7 +114,9 @@ def test_sample_csv_incremental(meltano: mh.Meltano, emu: Emulator, sample: Any)
     changes = sample.changes(base)
     assert {r["action"] for r in changes} == {"add", "remove"}
     assert min(r["updated_at"] for r in changes) > max(r["updated_at"] for r in base)
-    mh.write_rows(sample, changes, meltano.project / "sample" / "customers-2.csv", t0 + 120)
+    mh.write_rows(
+        sample, changes, meltano.project / "sample" / "customers_2025-06-05.csv", t0 + 120
+    )
     expected2, skipped2 = mh.apply_rows(changes, expected1)
     assert expected1 - expected2 and expected2 - expected1, "the changes must remove and add"
 
@@ -142,6 +144,14 @@ def test_sample_csv_incremental(meltano: mh.Meltano, emu: Emulator, sample: Any)
     ]
     assert writes == []
     assert set(only_list_and_audience(emu)[0]["members"]) == expected2
+
+    # Run 4, a full refresh: both exports again, in name order, into the same list; every
+    # customer's last row still decides, so the members do not change.
+    meltano.run(mh.CSV_TAP, "--full-refresh")
+    report4 = meltano.state(mh.CSV_TAP)["pinterest_audience"]
+    assert report4["records_received"] == len(base) + len(changes)
+    assert report4["segment_id"] == report1["segment_id"]
+    assert check_ids(report4, emu) == expected2
 
 
 # ---- the warehouse path ----------------------------------------------------------------------
