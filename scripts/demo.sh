@@ -67,6 +67,8 @@ if [[ "$(.venv-meltano/bin/meltano --version 2>/dev/null)" != "meltano, version 
   .venv-meltano/bin/python -m pip install -q "meltano==$MELTANO_VERSION" >"$LOG_DIR/demo-pip-meltano.log" 2>&1 \
     || { tail -n 30 "$LOG_DIR/demo-pip-meltano.log" >&2; die "pip install meltano failed"; }
 fi
+# Keep the venv out of git without touching .gitignore (as Python 3.13's venv does itself).
+echo '*' >.venv-meltano/.gitignore
 MELTANO="$ROOT/.venv-meltano/bin/meltano"
 
 # --- 3. Meltano's plugins -----------------------------------------------------------------
