@@ -15,7 +15,8 @@
 #
 # Re-running it is fast (nothing is reinstalled unless pyproject.toml or the pins change)
 # and gives the same result: the emulator starts empty every time, so the run is a full
-# refresh (--full-refresh) rather than resuming from the saved bookmark.
+# refresh (--full-refresh) rather than resuming from the saved bookmark, and it keeps its
+# state under its own id (suffix "demo"), apart from your own dev pipeline's bookmark.
 #
 # Environment: PYTHON (default python3), MELTANO_VERSION (default below).
 set -euo pipefail
@@ -27,7 +28,9 @@ AD_ACCOUNT="549755885175"
 ACCESS_TOKEN="emu-access-token"
 EXTRACTOR="tap-spreadsheets"
 LOADER="target-pinterest-audiences"
-STATE_ID="dev:${EXTRACTOR}-to-${LOADER}"
+# Its own state id, so the demo never moves the bookmark of your own dev pipeline.
+STATE_SUFFIX="demo"
+STATE_ID="dev:${EXTRACTOR}-to-${LOADER}:${STATE_SUFFIX}"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$PWD"
@@ -113,8 +116,8 @@ export TARGET_PINTEREST_AUDIENCES_API_URL="$EMU_URL/v5"
 
 # --- 5. the pipeline ----------------------------------------------------------------------
 RUN_LOG="$LOG_DIR/demo-meltano-run.log"
-say "meltano --environment=dev run --full-refresh $EXTRACTOR $LOADER"
-if ! "$MELTANO" --environment=dev run --full-refresh "$EXTRACTOR" "$LOADER" >"$RUN_LOG" 2>&1; then
+say "meltano --environment=dev run --full-refresh --state-id-suffix=$STATE_SUFFIX $EXTRACTOR $LOADER"
+if ! "$MELTANO" --environment=dev run --full-refresh --state-id-suffix="$STATE_SUFFIX" "$EXTRACTOR" "$LOADER" >"$RUN_LOG" 2>&1; then
   tail -n 40 "$RUN_LOG" >&2
   die "meltano run failed (full log: output/demo-meltano-run.log)"
 fi
