@@ -212,6 +212,32 @@ class Meltano:
         return value.get("singer_state", value)
 
 
+_SCHEMA_CHECK = r"""
+import json, sys
+from pathlib import Path
+import jsonschema, yaml
+import meltano
+schema_file = Path(list(meltano.__path__)[0]) / "schemas" / "meltano.schema.json"
+schema = json.loads(schema_file.read_text())
+doc = yaml.safe_load(Path(sys.argv[1]).read_text())
+validator = jsonschema.validators.validator_for(schema)(schema)
+for error in validator.iter_errors(doc):
+    print("/".join(map(str, error.path)) + ": " + error.message[:300])
+"""
+
+
+def schema_errors(meltano: Path, meltano_yml: Path) -> list[str]:
+    """meltano.yml checked against the JSON schema that ships inside this Meltano."""
+    proc = subprocess.run(
+        [str(meltano.parent / "python"), "-c", _SCHEMA_CHECK, str(meltano_yml)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.splitlines()
+
+
 # ---- the sample data and the expected members -------------------------------------------------
 
 

@@ -278,6 +278,7 @@ def _loader_definition() -> dict[str, Any]:
 
 def test_meltano_yml_matches_the_target(meltano: mh.Meltano) -> None:
     """Every setting the target has is declared, with its kind, default and secrecy."""
+    assert mh.schema_errors(meltano.exe, mh.REPO / "meltano.yml") == []
     about = json.loads(meltano("invoke", mh.LOADER, "--about", "--format=json").stdout)
     loader = _loader_definition()
     declared = {s["name"]: s for s in loader["settings"]}
