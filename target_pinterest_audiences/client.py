@@ -188,6 +188,8 @@ class PinterestClient:
         self.requests_sent = 0
         self.writes_sent = 0
         self.retries = 0
+        #: Attempts that timed out: such a request may still be applied later.
+        self.timeouts = 0
         self.last_rid: str | None = None
 
     def request(
@@ -219,7 +221,7 @@ class PinterestClient:
             try:
                 token = self.tokens.access_token()
             except TransientAuthError as exc:
-                self._pause(method, path, attempts, deadline, delays, None, f"token refresh: {exc}")
+                self.pause(method, path, attempts, deadline, delays, None, f"token refresh: {exc}")
                 continue
             limiter.acquire()
             try:
@@ -231,9 +233,20 @@ class PinterestClient:
                     headers={"Authorization": f"Bearer {token}"},
                     timeout=self.timeout,
                 )
+            except (
+                requests.exceptions.InvalidURL,
+                requests.exceptions.MissingSchema,
+                requests.exceptions.InvalidSchema,
+                requests.exceptions.InvalidHeader,
+            ) as exc:
+                raise TargetError(
+                    f"cannot send {method} {path}: {type(exc).__name__}; check the api_url setting"
+                ) from None
             except requests.RequestException as exc:
                 response = None
                 problem = f"{type(exc).__name__} (no answer)"
+                if isinstance(exc, requests.Timeout):
+                    self.timeouts += 1
                 # A refused connection never reached Pinterest; anything later might have.
                 sent = not isinstance(exc, requests.ConnectionError) or _maybe_sent(exc)
             finally:
@@ -269,7 +282,7 @@ class PinterestClient:
                         continue
                     except TransientAuthError as exc:
                         problem = f"token refresh: {exc}"
-                        self._pause(method, path, attempts, deadline, delays, None, problem)
+                        self.pause(method, path, attempts, deadline, delays, None, problem)
                         continue
                     except AuthError as exc:
                         raise TargetError(f"{exc} (x-pinterest-rid {rid})") from None
@@ -288,17 +301,17 @@ class PinterestClient:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if sent and not idempotent:
                 # Wait as for a retry, so the caller's check sees the create if it landed.
-                self._pause(method, path, attempts, deadline, delays, retry_after, problem)
+                self.pause(method, path, attempts, deadline, delays, retry_after, problem)
                 raise AmbiguousWrite(
                     f"{method} {path} failed with {problem}; it may have been applied"
                 )
-            self._pause(method, path, attempts, deadline, delays, retry_after, problem)
+            self.pause(method, path, attempts, deadline, delays, retry_after, problem)
 
     def deadline(self) -> float:
         """When the retry budget of a request starting now runs out."""
         return time.monotonic() + self.retry.budget_seconds
 
-    def _pause(
+    def pause(
         self,
         method: str,
         path: str,

@@ -28,7 +28,8 @@ ACTIONS = {"add": True, "remove": False}
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _WHITESPACE = re.compile(r"\s")
-_DIGITS = re.compile(r"[0-9]+")
+#: Pinterest ids are strings of at most 18 digits.
+_ID = re.compile(r"[0-9]{1,18}")
 
 #: The JSON schema the target applies to every record, whatever SCHEMA the tap sends.
 #: It documents the contract (and is shown by tests and the README); the checks below
@@ -39,7 +40,7 @@ STANDARD_AUDIENCE_SCHEMA: dict[str, Any] = {
     "required": ["segment_name", "action"],
     "properties": {
         "segment_name": {"type": "string", "minLength": 1},
-        "segment_id": {"type": ["string", "integer", "null"], "pattern": "^[0-9]+$"},
+        "segment_id": {"type": ["string", "integer", "null"], "pattern": "^[0-9]{1,18}$"},
         "action": {"type": "string", "enum": ["add", "remove"]},
         **{field: {"type": ["string", "null"]} for field in IDENTIFIER_FIELDS},
     },
@@ -147,10 +148,12 @@ def parse_record(record: dict[str, Any]) -> ParsedRecord:
         segment_id = None
     elif isinstance(segment_id, int) and not isinstance(segment_id, bool) and segment_id >= 0:
         segment_id = str(segment_id)
-    elif isinstance(segment_id, str) and _DIGITS.fullmatch(segment_id.strip()):
+    elif isinstance(segment_id, str):
         segment_id = segment_id.strip()
-    else:
-        raise InvalidRecord("segment_id", "invalid_segment_id", "must be a string of digits")
+    if segment_id is not None and not (isinstance(segment_id, str) and _ID.fullmatch(segment_id)):
+        raise InvalidRecord(
+            "segment_id", "invalid_segment_id", "must be a Pinterest id: 1 to 18 digits"
+        )
 
     action = record.get("action")
     if not _present(action):

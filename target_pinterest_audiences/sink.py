@@ -155,4 +155,8 @@ class AudienceSink(BatchSink):
         self.flow.add(record, self.stream_name)
 
     def process_batch(self, context: dict) -> None:
+        """A drain cuts the open batch; records of a Singer BATCH message (read from its
+        files by singer-sdk) go through the same flow, in order, first."""
+        for record in context.pop("records", None) or ():
+            self.flow.add(record, self.stream_name)
         self.flow.cut()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import datetime
-import decimal
-import json
 import logging
-import re
 import sys
 import threading
+import traceback
 import typing as t
+import urllib.parse
 from pathlib import Path
 
 from singer_sdk import typing as th
@@ -28,6 +26,7 @@ from singer_sdk.helpers.capabilities import (
 )
 from singer_sdk.plugin_base import JSONSchemaValidator, _ConfigInput
 from singer_sdk.singerlib.exceptions import InvalidInputLine
+from singer_sdk.singerlib.json import serialize_json
 from singer_sdk.target_base import Target
 
 from target_pinterest_audiences.client import PinterestClient, RetryPolicy, TargetError
@@ -47,16 +46,7 @@ if t.TYPE_CHECKING:
 DEFAULT_API_URL = "https://api.pinterest.com/v5"
 SECRET_SETTINGS = ("access_token", "refresh_token", "client_id", "client_secret")
 LIST_TYPES = ("auto", "EMAIL", "IDFA", "MAID")
-_DIGITS = re.compile(r"^[0-9]+$")
-
-
-def _json_default(value: t.Any) -> t.Any:
-    """STATE from taps may hold Decimals (numbers) and datetimes once parsed."""
-    if isinstance(value, decimal.Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, (datetime.datetime, datetime.date)):
-        return value.isoformat()
-    raise TypeError(f"cannot write a {type(value).__name__} into STATE")
+PINTEREST_ID = r"^[0-9]{1,18}$"
 
 
 class TargetPinterestAudiences(Target):
@@ -75,7 +65,7 @@ class TargetPinterestAudiences(Target):
     config_jsonschema = th.PropertiesList(
         th.Property(
             "ad_account_id",
-            th.StringType(pattern=r"^[0-9]+$"),
+            th.StringType(pattern=PINTEREST_ID),
             required=True,
             title="Ad account id",
             description="The Pinterest ad account (digits) that owns the list and the Audience.",
@@ -91,7 +81,7 @@ class TargetPinterestAudiences(Target):
         ),
         th.Property(
             "audience_id",
-            th.StringType(pattern=r"^[0-9]+$"),
+            th.StringType(pattern=PINTEREST_ID),
             title="Audience id",
             description=(
                 "An existing CUSTOMER_LIST Audience to keep in sync; its rule names the Customer "
@@ -271,11 +261,18 @@ class TargetPinterestAudiences(Target):
     def _cross_setting_errors(self) -> list[str]:
         config = self._config
         errors = []
-        if not config.get("audience_name") and not config.get("audience_id"):
+        name = config.get("audience_name")
+        if isinstance(name, str) and name and not name.strip():
+            errors.append("setting 'audience_name' is blank: give the Audience a name")
+        elif not name and not config.get("audience_id"):
             errors.append(
                 "setting 'audience_name' is required unless 'audience_id' names an existing "
                 "Audience"
             )
+        api_url = config.get("api_url") or DEFAULT_API_URL
+        parsed = urllib.parse.urlsplit(str(api_url))
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            errors.append("setting 'api_url' must be an http(s) URL such as " + DEFAULT_API_URL)
         refresh_parts = {
             k: bool(config.get(k)) for k in ("refresh_token", "client_id", "client_secret")
         }
@@ -306,6 +303,9 @@ class TargetPinterestAudiences(Target):
         self.max_parallelism = 1
         self._stdout_lock = threading.Lock()
         config = self.config
+        known = set(self.config_jsonschema["properties"])
+        for unknown in sorted(set(config) - known):
+            self.logger.warning("Ignoring unknown setting '%s' (a typo?)", unknown)
         self.dry_run = bool(config.get("dry_run"))
         self.report = Report(
             ad_account_id=config["ad_account_id"],
@@ -389,12 +389,15 @@ class TargetPinterestAudiences(Target):
 
     def _emit_state(self, state: dict[str, t.Any]) -> None:
         if self.dry_run:
-            # A dry run wrote nothing: never advance the tap's bookmark past it.
-            state = {"pinterest_audience": state["pinterest_audience"]}
+            # A dry run wrote nothing, so it writes no STATE: Meltano would store even a
+            # bookmark-less line as the job's state and the next real run would resync.
+            return
         self._write_state_message(state)
 
     def _write_state_message(self, state: dict) -> None:
-        line = json.dumps(state, default=_json_default, separators=(",", ":"))
+        # singer-sdk's serializer writes the Decimals it parsed the tap's numbers into
+        # exactly as they came (1.0 stays 1.0), and datetimes as ISO 8601.
+        line = serialize_json(state)
         with self._stdout_lock:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
@@ -447,7 +450,9 @@ class TargetPinterestAudiences(Target):
     def _log_summary(self) -> None:
         r = self.report
         skipped = ", ".join(f"{k}: {v}" for k, v in sorted(r.records_skipped.items())) or "none"
-        prefix = "Dry run (nothing written): would have" if self.dry_run else "Run summary:"
+        if self.dry_run:
+            self.logger.info("Dry run report: %s", serialize_json(r.as_dict()))
+        prefix = "Dry run (nothing written; no STATE):" if self.dry_run else "Run summary:"
         self.logger.info(
             "%s Customer List %s (%s%s), Audience %s (%s%s); records received %d, skipped %d "
             "(%s); identifiers added %d, removed %d, removes before the list existed %d; "
@@ -506,12 +511,34 @@ class TargetPinterestAudiences(Target):
             RecordsWithoutSchemaException,
         ) as exc:
             logging.getLogger(cls.name).error("%s", exc)
-            if target is not None:
-                try:
-                    target.stop_after_error()
-                except (TargetError, AuthError) as second:
-                    logging.getLogger(cls.name).error("While stopping: %s", second)
-            sys.exit(1)
+            cls._stop(target)
+        except ConfigValidationError:
+            raise  # singer-sdk's CLI lists each error and exits 1
+        except Exception as exc:
+            # The message of an unexpected error (from a stream map expression, say) may
+            # quote input data, so only its type and where it happened are logged.
+            frames = traceback.extract_tb(exc.__traceback__)
+            where = " <- ".join(
+                f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames[::-1][:6]
+            )
+            logging.getLogger(cls.name).error(
+                "Unexpected %s (message withheld: it may quote input data) at %s",
+                type(exc).__name__,
+                where,
+            )
+            cls._stop(target)
+
+    @classmethod
+    def _stop(cls, target: TargetPinterestAudiences | None) -> t.NoReturn:
+        if target is not None and hasattr(target, "flow"):
+            try:
+                target.stop_after_error()
+            except Exception as second:
+                logging.getLogger(cls.name).error(
+                    "While stopping: %s",
+                    second if isinstance(second, TargetError) else type(second).__name__,
+                )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,10 @@ from target_pinterest_audiences.client import (
 
 #: Stands for the list a dry run would have created, so later batches count as updates.
 DRY_RUN_NEW_LIST = "(new)"
+#: After an unanswered create, how long (beyond one request timeout) to look for it.
+CREATE_SETTLE_SECONDS = 5.0
+#: At most this many identifiers of timed-out writes are remembered for reconciliation.
+UNCERTAIN_LIMIT = 1_000_000
 #: Pinterest needs this many matched users before an Audience can be targeted.
 MIN_AUDIENCE_SIZE = 100
 
@@ -133,6 +138,12 @@ class Uploader:
         self.confirmed_state: dict[str, Any] | None = None
         #: Up to MIN_AUDIENCE_SIZE distinct added identifiers, to warn on tiny audiences.
         self.distinct_added: set[str] = set()
+        #: Identifiers of writes that timed out (the request may still land later, after a
+        #: newer opposite action) -> the action that request carried.
+        self._uncertain: dict[str, bool] = {}
+        #: Their latest action in this run, when a later batch touched them again.
+        self._latest_for_uncertain: dict[str, bool] = {}
+        self._last_timeout_at = 0.0
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -177,8 +188,20 @@ class Uploader:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if self.stopping.is_set():
+                    return
+                continue
             if item is _STOP or self.stopping.is_set():
+                if item is _STOP and not self.stopping.is_set():
+                    try:
+                        self._reconcile()
+                    except Interrupted:
+                        pass
+                    except BaseException as exc:  # reported by the main thread
+                        self.error = exc
                 return
             try:
                 self.write_batch(item)
@@ -250,7 +273,15 @@ class Uploader:
             self.report.segment_id = self.list_id
             return
         if self.list_id:
-            self._get_list(self.list_id)
+            existing = self._get_list(self.list_id)
+            if existing.get("name") not in (None, segment_name):
+                self.logger.warning(
+                    "Customer List %s is named %r, not %r (segment_name): updating it anyway, "
+                    "as segment_id or audience_id say",
+                    self.list_id,
+                    existing.get("name"),
+                    segment_name,
+                )
         else:
             found = self._find("customer_lists", lambda item: item.get("name") == segment_name)
             if len(found) > 1:
@@ -268,10 +299,12 @@ class Uploader:
         if self.list_id and not self.audience_id:
             self._ensure_audience()
 
-    def _get_list(self, list_id: str) -> None:
+    def _get_list(self, list_id: str) -> dict[str, Any]:
         assert self.client is not None
         try:
-            self.client.request("GET", f"/ad_accounts/{self.account}/customer_lists/{list_id}")
+            return self.client.request(
+                "GET", f"/ad_accounts/{self.account}/customer_lists/{list_id}"
+            )
         except PinterestAPIError as exc:
             if exc.status == 404:
                 raise TargetError(
@@ -338,10 +371,18 @@ class Uploader:
                 )
                 return str(answer["id"])
             except AmbiguousWrite as exc:
-                found = self._find(kind, match)
-                if found:
-                    self.logger.warning("%s; it was, adopting %s", exc, found[0])
-                    return found[0]
+                # A create that timed out may still be running on Pinterest's side: keep
+                # looking for a while (longer than one request may take) before creating again.
+                look_until = time.monotonic() + self.client.timeout + CREATE_SETTLE_SECONDS
+                while True:
+                    found = self._find(kind, match)
+                    if found:
+                        self.logger.warning("%s; it was, adopting %s", exc, found[0])
+                        return found[0]
+                    if time.monotonic() >= min(look_until, deadline):
+                        break
+                    if self.client.stop_event.wait(1.0):
+                        raise Interrupted(f"stopped while checking {path}") from None
                 self.logger.warning("%s; it was not, creating again", exc)
 
     # ---- writing ---------------------------------------------------------------------
@@ -352,6 +393,10 @@ class Uploader:
             self.resolve(batch.segment_name, batch.segment_id)
         adds = [h for h, is_add in batch.ops.items() if is_add]
         removes = [h for h, is_add in batch.ops.items() if not is_add]
+        if self._uncertain:
+            for digest, is_add in batch.ops.items():
+                if digest in self._uncertain:
+                    self._latest_for_uncertain[digest] = is_add
         if removes:
             if self.list_id is None:
                 # Nothing to remove from a list that does not exist yet.
@@ -432,11 +477,15 @@ class Uploader:
         while pending:
             chunk = pending.pop()
             body = {"operation_type": operation, "records": ",".join(chunk)}
+            timeouts_before = self.client.timeouts
             try:
                 self.client.request("PATCH", path, json=body)
             except RequestTooLarge:
                 if len(chunk) == 1:
-                    raise
+                    # No cap can be below one identifier: treat it as a passing fault.
+                    self._retry_single(path, body)
+                    self._count(operation, 1)
+                    continue
                 half = len(chunk) // 2
                 self.per_request = min(self.per_request, half)
                 self.logger.warning(
@@ -448,7 +497,66 @@ class Uploader:
                 pending.append(chunk[half:])
                 pending.append(chunk[:half])
                 continue
+            if self.client.timeouts != timeouts_before:
+                self._remember_uncertain(chunk, operation == "ADD")
             self._count(operation, len(chunk))
+
+    def _retry_single(self, path: str, body: dict[str, Any]) -> None:
+        assert self.client is not None
+        deadline = self.client.deadline()
+        delays = self.client.retry.delays()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self.client.request("PATCH", path, json=body, deadline=deadline)
+                return
+            except RequestTooLarge as exc:
+                problem = f"HTTP {exc.status} 'too large' for a single identifier"
+                self.client.pause("PATCH", path, attempt, deadline, delays, None, problem)
+
+    def _remember_uncertain(self, chunk: list[str], is_add: bool) -> None:
+        self._last_timeout_at = time.monotonic()
+        if len(self._uncertain) + len(chunk) > UNCERTAIN_LIMIT:
+            self.logger.warning(
+                "Too many identifiers in timed-out writes to reconcile at the end of the run"
+            )
+            return
+        for digest in chunk:
+            self._uncertain[digest] = is_add
+            self._latest_for_uncertain.pop(digest, None)
+
+    def _reconcile(self) -> None:
+        """Re-send the final action of identifiers whose timed-out write may land late.
+
+        A write that timed out may still be applied after a later, opposite write of the
+        same identifier; once such a straggler has had time to land, the final action is
+        sent again so that the later action wins.
+        """
+        stale = {
+            digest: is_add
+            for digest, is_add in self._latest_for_uncertain.items()
+            if is_add != self._uncertain.get(digest)
+        }
+        if not stale or self.client is None or self.dry_run:
+            return
+        wait = (
+            self._last_timeout_at + self.client.timeout + CREATE_SETTLE_SECONDS - time.monotonic()
+        )
+        self.logger.info(
+            "Re-sending the final action of %d identifiers whose earlier write timed out",
+            len(stale),
+        )
+        if wait > 0 and self.client.stop_event.wait(wait):
+            return
+        self._uncertain.clear()
+        path = f"/ad_accounts/{self.account}/customer_lists/{self.list_id}"
+        for operation, wanted in (("REMOVE", False), ("ADD", True)):
+            hashes = [h for h, is_add in stale.items() if is_add is wanted]
+            for i in range(0, len(hashes), self.per_request):
+                chunk = hashes[i : i + self.per_request]
+                body = {"operation_type": operation, "records": ",".join(chunk)}
+                self.client.request("PATCH", path, json=body)
 
     def _count(self, operation: str, n: int) -> None:
         if operation == "ADD":

@@ -327,3 +327,35 @@ def test_killed_mid_stream_then_rerun_from_checkpoint(
     assert run.returncode == 0, run.stderr
     assert the_members(emulator) == expected(n)
     assert_clean(emulator, run.stderr)
+
+
+def test_slow_create_that_times_out_is_adopted_not_duplicated(emulator, base_config, run_target):
+    emulator.add_fault(
+        "delay", delay_ms=2500, methods=["POST"], path_contains="customer_lists", count=1
+    )
+    run = run_target({**base_config, "request_timeout_seconds": 1}, records(adds(3)))
+    assert run.returncode == 0, run.stderr
+    assert the_members(emulator) == expected(3)
+    assert_clean(emulator, run.stderr)
+
+
+def test_timed_out_remove_landing_late_does_not_beat_a_later_add(emulator, base_config, run_target):
+    run_target(base_config, records(adds(1)))  # user0 is in the list
+    emulator.add_fault("delay", delay_ms=2500, methods=["PATCH"], count=1)
+    rows = [
+        {"segment_name": "R", "action": "remove", "email": "user0@example.com"},
+        {"segment_name": "R", "action": "add", "email": "user0@example.com"},
+    ]
+    config = {**base_config, "identifiers_per_request": 1, "request_timeout_seconds": 1}
+    run = run_target(config, records(rows))
+    assert run.returncode == 0, run.stderr
+    assert the_members(emulator) == expected(1)
+    assert "Re-sending the final action of 1 identifiers" in run.stderr
+
+
+def test_too_large_for_a_single_identifier_is_retried(emulator, base_config, run_target):
+    run_target(base_config, records(adds(1)))
+    emulator.add_fault("too_large", methods=["PATCH"], count=2)
+    run = run_target(base_config, records(adds(1, start=1)))
+    assert run.returncode == 0, run.stderr
+    assert the_members(emulator) == expected(2)

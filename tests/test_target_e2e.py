@@ -152,10 +152,13 @@ def test_dry_run_sends_no_write_and_reports(emulator, base_config, run_target):
     assert run.returncode == 0, run.stderr
     assert writes(emulator) == []
     assert emulator.state()["lists"] == []
-    final = run.states[-1]
-    assert "bookmarks" not in final  # a dry run never advances the tap's bookmark
-    assert final["pinterest_audience"]["dry_run"] is True
-    assert final["pinterest_audience"]["identifiers_added"] == 3
+    # a dry run never writes STATE: Meltano would store it and lose the tap's bookmark
+    assert run.stdout == ""
+    report_line = next(line for line in run.stderr.splitlines() if "Dry run report:" in line)
+    report = json.loads(report_line.split("Dry run report: ", 1)[1])
+    assert report["dry_run"] is True
+    assert report["identifiers_added"] == 3
+    assert report["removes_without_list"] == 1
     assert "would create Customer List 'Dry'" in run.stderr
 
 
@@ -417,3 +420,87 @@ def test_adoption_scans_every_page_of_lists_and_audiences(emulator, base_config,
         if r["method"] == "GET" and r["path"].endswith("/customer_lists")
     ]
     assert len(list_pages) == 2  # 261 lists at 250 a page
+
+
+def test_records_of_batch_messages_are_uploaded_in_order(
+    emulator, base_config, run_target, tmp_path
+):
+    batch_file = tmp_path / "batch.jsonl"
+    batch_file.write_text(
+        "".join(
+            json.dumps(
+                {"id": i, "segment_name": "B", "action": "add", "email": f"b{i}@example.com"}
+            )
+            + "\n"
+            for i in range(3)
+        )
+    )
+    msgs = [
+        record(id=10, segment_name="B", action="add", email="first@example.com"),
+        {
+            "type": "BATCH",
+            "stream": "customers",
+            "encoding": {"format": "jsonl", "compression": "none"},
+            "manifest": [batch_file.as_uri()],
+        },
+        record(id=11, segment_name="B", action="remove", email="b1@example.com"),
+        state({"after": "batch"}),
+    ]
+    run = run_target(base_config, msgs)
+    assert run.returncode == 0, run.stderr
+    (created,) = lists_named(emulator, "B")
+    assert set(created["members"]) == {
+        email_hash(e) for e in ("first@example.com", "b0@example.com", "b2@example.com")
+    }
+    assert run.final["records_received"] == 5
+
+
+def test_unexpected_errors_never_quote_input(emulator, base_config, run_target):
+    config = {
+        **base_config,
+        "stream_maps": {"customers": {"segment_name": "str(int(grp))", "action": "'add'"}},
+    }
+    rows = [
+        {"grp": "1", "email": "fine@example.com"},
+        {"grp": "Raw.Secret@X.com", "email": "a@b.co"},
+    ]
+    run = run_target(config, records(rows))
+    assert run.returncode == 1
+    assert "Raw.Secret" not in run.stderr and "raw.secret" not in run.stderr.lower()
+    assert "Unexpected ValueError" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_bad_api_url_and_long_ids_fail_at_startup(run_target, tmp_path):
+    base = {"ad_account_id": "1", "audience_name": "x", "access_token": "t"}
+    run = run_target({**base, "api_url": "not a url"}, [])
+    assert run.returncode != 0 and "api_url" in run.stderr
+    run = run_target({**base, "ad_account_id": "1" * 19}, [])
+    assert run.returncode != 0 and "ad_account_id" in run.stderr
+    run = run_target({**base, "audience_name": "   "}, [])
+    assert run.returncode != 0 and "audience_name" in run.stderr
+
+
+def test_signal_while_idle_exits_promptly(emulator, base_config, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from conftest import cli_command
+
+    config_path = tmp_path / "idle.json"
+    config_path.write_text(json.dumps(base_config))
+    proc = subprocess.Popen(
+        [*cli_command(), "--config", str(config_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(SCHEMA) + "\n")
+    proc.stdin.flush()
+    time.sleep(1.5)  # the tap is idle; so is the writer
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 128 + signal.SIGTERM, err
