@@ -414,6 +414,10 @@ class TargetPinterestAudiences(Target):
                 err if isinstance(err, TargetError) else TargetError(f"{type(err).__name__}: {err}")
             )
         self.report.complete = True
+        try:
+            self.uploader.report_ids_without_records()
+        except TargetError as exc:  # only a report: never fail a finished run for it
+            self.logger.warning("Could not look up the audience for the report: %s", exc)
         self._emit_state(self.uploader.state_line())
         self._log_summary()
         if self.report.segment_name and not self.report.segment_id and not self.dry_run:

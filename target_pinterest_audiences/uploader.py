@@ -253,6 +253,7 @@ class Uploader:
             )
         self._audience_rule_list = str(list_id)
         self.report.audience_id = self.audience_id
+        self.report.segment_id = self._audience_rule_list
         self.logger.info(
             "Audience %s uses Customer List %s", self.audience_id, self._audience_rule_list
         )
@@ -298,6 +299,21 @@ class Uploader:
         self.report.segment_id = self.list_id
         if self.list_id and not self.audience_id:
             self._ensure_audience()
+
+    def report_ids_without_records(self) -> None:
+        """A run with no records still reports the ids: those of the one CUSTOMER_LIST
+        Audience named audience_name, if there is exactly one (a single read)."""
+        if self._resolved or self.client is None or self.audience_id or not self.audience_name:
+            return
+        found = [
+            item
+            for item in self.client.paginate(f"/ad_accounts/{self.account}/audiences")
+            if item.get("name") == self.audience_name
+            and item.get("audience_type") == "CUSTOMER_LIST"
+        ]
+        if len(found) == 1:
+            self.report.audience_id = str(found[0]["id"])
+            self.report.segment_id = (found[0].get("rule") or {}).get("customer_list_id")
 
     def _get_list(self, list_id: str) -> dict[str, Any]:
         assert self.client is not None

@@ -504,3 +504,16 @@ def test_signal_while_idle_exits_promptly(emulator, base_config, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=15)
     assert proc.returncode == 128 + signal.SIGTERM, err
+
+
+def test_a_run_without_records_still_reports_the_ids(emulator, base_config, run_target):
+    run1 = run_target(
+        base_config, records([{"segment_name": "Ids", "action": "add", "email": "a@example.com"}])
+    )
+    n_writes = len(writes(emulator))
+    run2 = run_target(base_config, [state({"bookmarks": {"customers": {"id": 1}}})])
+    assert run2.returncode == 0, run2.stderr
+    assert run2.states[-1]["bookmarks"] == {"customers": {"id": 1}}
+    assert run2.final["segment_id"] == run1.final["segment_id"]
+    assert run2.final["audience_id"] == run1.final["audience_id"]
+    assert len(writes(emulator)) == n_writes  # run 2 only read
