@@ -306,7 +306,7 @@ def measure(label: str, cmd: list[str], input_path: Path, tmp: Path) -> Measure:
         full = [time_bin, "-v", "-o", str(usage), *cmd]
         with input_path.open("rb") as fin, out.open("wb") as fout, err.open("wb") as ferr:
             started = time.perf_counter()
-            rc = subprocess.call(full, stdin=fin, stdout=fout, stderr=ferr)
+            rc = subprocess.call(full, stdin=fin, stdout=fout, stderr=ferr, cwd=tmp)
             wall = time.perf_counter() - started
         fields = {}
         for line in usage.read_text().splitlines():
@@ -328,7 +328,7 @@ def measure(label: str, cmd: list[str], input_path: Path, tmp: Path) -> Measure:
             str(err),
         ]
         started = time.perf_counter()
-        subprocess.check_call([*full, *cmd])
+        subprocess.check_call([*full, *cmd], cwd=tmp)
         wall = time.perf_counter() - started
         data = json.loads(usage.read_text())
         rc, user, system, maxrss_kb = data["rc"], data["user"], data["sys"], data["maxrss_kb"]
@@ -406,6 +406,24 @@ class Bench:
         return m
 
 
+def _code_version() -> str:
+    """The commit of the checkout measured, and whether its package has local changes."""
+    repo = HERE.parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "target_pinterest_audiences"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown (no git)"
+    return f"commit {sha or '?'}" + (" + local changes in the package" if dirty else "")
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -438,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  python {sys.version.split()[0]}, {os.cpu_count()} cpus, load average "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
+    print(f"  code: {_code_version()}")
     path = input_file(n)
     bench = Bench(args)
     try:
