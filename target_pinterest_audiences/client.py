@@ -160,6 +160,18 @@ class SlidingWindowLimiter:
             self._cond.notify_all()
 
 
+class BearerAuth(requests.auth.AuthBase):
+    """The Authorization header, set as requests' auth: then requests neither looks up
+    ~/.netrc on every call nor lets a netrc entry for the API host replace the token."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        return request
+
+
 class PinterestClient:
     """Calls Pinterest with retries, token refresh, rate limits and actionable errors."""
 
@@ -230,7 +242,7 @@ class PinterestClient:
                     self.api_url + path,
                     json=json,
                     params=params,
-                    headers={"Authorization": f"Bearer {token}"},
+                    auth=BearerAuth(token),
                     timeout=self.timeout,
                 )
             except (

@@ -27,7 +27,9 @@ ACTIONS = {"add": True, "remove": False}
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_WHITESPACE = re.compile(r"\s")
+#: One '@', a non-empty local part, a domain of at least two non-empty dot-separated labels,
+#: no whitespace anywhere (normalize_email's rule, as one pattern).
+_EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
 #: Pinterest ids are strings of at most 18 digits.
 _ID = re.compile(r"[0-9]{1,18}")
 
@@ -82,14 +84,7 @@ def normalize_email(value: str) -> str | None:
     rewriting (such as removing Gmail dots): Pinterest does not ask for it.
     """
     email = value.strip().lower()
-    if email.count("@") != 1 or _WHITESPACE.search(email):
-        return None
-    local, domain = email.split("@")
-    if not local or "." not in domain:
-        return None
-    if any(not label for label in domain.split(".")):
-        return None
-    return email
+    return email if _EMAIL.fullmatch(email) else None
 
 
 def normalize_device_id(value: str) -> str | None:
@@ -126,57 +121,82 @@ _IDENTIFIER_RULES = {
 }
 
 
-def _present(value: Any) -> bool:
-    """Null, empty and whitespace-only values count as absent."""
-    return value is not None and not (isinstance(value, str) and not value.strip())
+#: Per identifier field: (kind, is_pre_hashed, rule check on the trimmed lowercased value,
+#: skip reason, rule text).
+_FIELD_RULES: dict[str, tuple[str, bool, Any, str, str]] = {
+    field: (
+        kind,
+        pre_hashed,
+        _SHA256_HEX.fullmatch
+        if pre_hashed
+        else (_EMAIL.fullmatch if kind == "email" else _UUID.fullmatch),
+        f"invalid_{field}",
+        _IDENTIFIER_RULES[field],
+    )
+    for field, (kind, pre_hashed) in IDENTIFIER_FIELDS.items()
+}
+_NO_IDENTIFIER = "no identifier present (need one of: " + ", ".join(IDENTIFIER_FIELDS) + ")"
+_sha256 = hashlib.sha256
 
 
 def parse_record(record: dict[str, Any]) -> ParsedRecord:
     """Validate a record against the standard audience schema and hash its identifiers.
 
     Raises InvalidRecord naming the first field at fault. Fields outside the schema
-    are ignored.
+    are ignored; null, empty and whitespace-only values count as absent. It runs once per
+    record, so the rules of normalize_email, normalize_device_id and normalize_sha256 are
+    applied inline, in one pass (same checks, same order, same errors).
     """
-    name = record.get("segment_name")
-    if not _present(name):
+    get = record.get
+    name = get("segment_name")
+    if name is None:
         raise InvalidRecord("segment_name", "missing_segment_name", "is required")
     if not isinstance(name, str):
         raise InvalidRecord("segment_name", "invalid_segment_name", "must be a string")
+    name = name.strip()
+    if not name:
+        raise InvalidRecord("segment_name", "missing_segment_name", "is required")
 
-    segment_id = record.get("segment_id")
-    if not _present(segment_id):
-        segment_id = None
-    elif isinstance(segment_id, int) and not isinstance(segment_id, bool) and segment_id >= 0:
-        segment_id = str(segment_id)
-    elif isinstance(segment_id, str):
-        segment_id = segment_id.strip()
-    if segment_id is not None and not (isinstance(segment_id, str) and _ID.fullmatch(segment_id)):
-        raise InvalidRecord(
-            "segment_id", "invalid_segment_id", "must be a Pinterest id: 1 to 18 digits"
-        )
+    segment_id = get("segment_id")
+    if segment_id is not None:
+        if isinstance(segment_id, str):
+            segment_id = segment_id.strip() or None
+        elif isinstance(segment_id, int) and not isinstance(segment_id, bool) and segment_id >= 0:
+            segment_id = str(segment_id)
+        if segment_id is not None and not (
+            isinstance(segment_id, str) and _ID.fullmatch(segment_id)
+        ):
+            raise InvalidRecord(
+                "segment_id", "invalid_segment_id", "must be a Pinterest id: 1 to 18 digits"
+            )
 
-    action = record.get("action")
-    if not _present(action):
-        raise InvalidRecord("action", "missing_action", "is required ('add' or 'remove')")
-    is_add = ACTIONS.get(action.strip().lower()) if isinstance(action, str) else None
+    action = get("action")
+    is_add = ACTIONS.get(action) if isinstance(action, str) else None  # "add", "remove" as is
     if is_add is None:
-        raise InvalidRecord("action", "unknown_action", "must be 'add' or 'remove'")
+        if isinstance(action, str):
+            action = action.strip()
+            if not action:
+                raise InvalidRecord("action", "missing_action", "is required ('add' or 'remove')")
+            is_add = ACTIONS.get(action.lower())
+        elif action is None:
+            raise InvalidRecord("action", "missing_action", "is required ('add' or 'remove')")
+        if is_add is None:
+            raise InvalidRecord("action", "unknown_action", "must be 'add' or 'remove'")
 
     identifiers = []
-    for field, (kind, _) in IDENTIFIER_FIELDS.items():
-        value = record.get(field)
-        if not _present(value):
+    for field in IDENTIFIER_FIELDS:
+        value = get(field)
+        if value is None:
             continue
+        kind, pre_hashed, check, reason, rule = _FIELD_RULES[field]
         if not isinstance(value, str):
-            raise InvalidRecord(field, f"invalid_{field}", "must be a string")
-        digest = hash_identifier(field, value)
-        if digest is None:
-            raise InvalidRecord(field, f"invalid_{field}", _IDENTIFIER_RULES[field])
-        identifiers.append((kind, digest))
+            raise InvalidRecord(field, reason, "must be a string")
+        value = value.strip().lower()
+        if not value:
+            continue
+        if check(value) is None:
+            raise InvalidRecord(field, reason, rule)
+        identifiers.append((kind, value if pre_hashed else _sha256(value.encode()).hexdigest()))
     if not identifiers:
-        raise InvalidRecord(
-            "identifiers",
-            "no_identifier",
-            "no identifier present (need one of: " + ", ".join(IDENTIFIER_FIELDS) + ")",
-        )
-    return ParsedRecord(name.strip(), segment_id, is_add, tuple(identifiers))
+        raise InvalidRecord("identifiers", "no_identifier", _NO_IDENTIFIER)
+    return ParsedRecord(name, segment_id, is_add, tuple(identifiers))

@@ -7,13 +7,17 @@ reader names the line number and what is wrong instead, and passes blank lines o
 
 from __future__ import annotations
 
-import json
+import decimal
 import typing as t
 from collections import Counter, defaultdict
 
+import msgspec.json
 from singer_sdk.singerlib.encoding.simple import SimpleSingerReader
 from singer_sdk.singerlib.exceptions import InvalidInputLine
-from singer_sdk.singerlib.json import deserialize_json
+
+#: msgspec (singer-sdk's `msgspec` extra) parses a line 4-7x faster than the stdlib; floats
+#: stay Decimal as with singer-sdk's own reader. Its errors never quote the input.
+_decode = msgspec.json.Decoder(float_hook=decimal.Decimal).decode
 
 
 class SafeSingerReader(SimpleSingerReader):
@@ -46,9 +50,9 @@ class SafeSingerReader(SimpleSingerReader):
 
     def deserialize_json(self, line: str) -> dict:
         try:
-            message = deserialize_json(line)
-        except (json.JSONDecodeError, ValueError) as exc:
-            reason = getattr(exc, "msg", type(exc).__name__)
+            message = _decode(line)
+        except msgspec.DecodeError as exc:
+            reason = str(exc)
             raise InvalidInputLine(
                 f"input line {self.line_number} is not valid JSON ({reason}); the tap's output "
                 "is corrupt or not Singer messages"

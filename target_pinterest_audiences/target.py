@@ -24,6 +24,7 @@ from singer_sdk.helpers.capabilities import (
     CapabilitiesEnum,
     PluginCapabilities,
 )
+from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.plugin_base import JSONSchemaValidator, _ConfigInput
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.singerlib.json import serialize_json
@@ -302,6 +303,8 @@ class TargetPinterestAudiences(Target):
         # Records of all streams share one ordered flow; nothing is gained by parallel drains.
         self.max_parallelism = 1
         self._stdout_lock = threading.Lock()
+        #: Streams whose records skip singer-sdk's copy-and-transform path (see below).
+        self._direct_sinks: dict[str, AudienceSink | None] = {}
         config = self.config
         known = set(self.config_jsonschema["properties"])
         for unknown in sorted(set(config) - known):
@@ -381,6 +384,57 @@ class TargetPinterestAudiences(Target):
         )
 
     # ---- messages --------------------------------------------------------------------
+
+    def _process_schema_message(self, message_dict: dict) -> None:
+        super()._process_schema_message(message_dict)
+        self._direct_sinks[message_dict["stream"]] = self._direct_sink(message_dict["stream"])
+
+    def _direct_sink(self, stream: str) -> AudienceSink | None:
+        """The stream's sink when its records reach it unchanged (no stream map, no
+        flattening, no _sdc metadata): then the per-record path can skip the copy and
+        transforms singer-sdk makes for every record, which cost more than our own work."""
+        maps = self.mapper.stream_maps.get(stream) or []
+        sink = self._sinks_active.get(stream)
+        if (
+            len(maps) == 1
+            and type(maps[0]) is SameRecordTransform
+            and not maps[0].flattening_enabled
+            and maps[0].stream_alias == stream
+            and type(sink) is AudienceSink  # a subclass may add per-record hooks
+            and not sink.include_sdc_metadata_properties
+        ):
+            return sink
+        return None
+
+    def _process_record_message(self, message_dict: dict) -> None:
+        """singer-sdk's per-record path, minus what cannot change anything for a plain stream.
+
+        Kept: the message's required keys, the key-property check, the batch context and
+        counters, the record_count metric, the row-count drain and the max-age drain.
+        Skipped: the record copy, the identity map, the _sdc key pops, the no-op date
+        parsing and preprocess hook, and a debug log call per record.
+        """
+        sink = self._direct_sinks.get(message_dict.get("stream"))  # type: ignore[arg-type]
+        record = message_dict.get("record")
+        if sink is None or not isinstance(record, dict):
+            super()._process_record_message(message_dict)
+            return
+        for key in sink.key_properties:
+            if key not in record:
+                sink._singer_validate_message(record)  # raises singer-sdk's own error
+        if sink._pending_batch is None:
+            sink._get_context(record)
+        sink.tally_record_read()
+        self.flow.add(record, sink.stream_name)
+        sink.record_counter_metric.increment()
+        if sink.is_full:
+            self.logger.info(
+                "Target sink for '%s' is full. Current size is '%s'. Draining...",
+                sink.stream_name,
+                sink.current_size,
+            )
+            self.drain_one(sink)
+        self._handle_max_record_age()
 
     def _process_state_message(self, message_dict: dict) -> None:
         """Never echo tap state at once: it waits until its records are written."""

@@ -31,7 +31,7 @@ DRY_RUN_NEW_LIST = "(new)"
 #: After an unanswered create, how long (beyond one request timeout) to look for it.
 CREATE_SETTLE_SECONDS = 5.0
 #: At most this many identifiers of timed-out writes are remembered for reconciliation.
-UNCERTAIN_LIMIT = 1_000_000
+UNCERTAIN_LIMIT = 100_000
 #: Pinterest needs this many matched users before an Audience can be targeted.
 MIN_AUDIENCE_SIZE = 100
 
