@@ -174,6 +174,17 @@ class TargetPinterestAudiences(Target):
             description="Hashed identifiers sent in one create/update request.",
         ),
         th.Property(
+            "checkpoint_interval_seconds",
+            th.NumberType(minimum=0),
+            default=60,
+            title="Checkpoint interval (s)",
+            description=(
+                "Identifiers wait until they fill a whole request, so adds and removes each go "
+                "out in full requests; at least this often, partial requests are sent too and "
+                "a STATE checkpoint is written. 0: checkpoint after every batch."
+            ),
+        ),
+        th.Property(
             "list_type",
             th.StringType(allowed_values=list(LIST_TYPES)),
             default="auto",
@@ -328,6 +339,7 @@ class TargetPinterestAudiences(Target):
             report=self.report,
             emit_state=self._emit_state,
             logger=self.logger,
+            checkpoint_seconds=float(config.get("checkpoint_interval_seconds", 60)),
         )
         self.flow = RecordFlow(
             uploader=self.uploader,

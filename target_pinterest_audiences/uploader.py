@@ -9,6 +9,7 @@ the tap state that followed it is emitted, so STATE never runs ahead of the data
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -115,6 +116,7 @@ class Uploader:
         report: Report,
         emit_state: Callable[[dict[str, Any]], None],
         logger: logging.Logger,
+        checkpoint_seconds: float = 60.0,
         queue_depth: int = 3,
     ) -> None:
         self.client = client
@@ -144,6 +146,16 @@ class Uploader:
         #: Their latest action in this run, when a later batch touched them again.
         self._latest_for_uncertain: dict[str, bool] = {}
         self._last_timeout_at = 0.0
+        #: Identifiers waiting for a full request, each with its latest action (in exactly
+        #: one of the two); dicts keep arrival order.
+        self._adds: dict[str, None] = {}
+        self._removes: dict[str, None] = {}
+        self._kinds: set[str] = set()
+        #: Tap state (and record count) that becomes confirmed once the buffers are empty.
+        self._pending_state: dict[str, Any] | None = None
+        self._pending_record = 0
+        self._last_checkpoint = time.monotonic()
+        self.checkpoint_seconds = checkpoint_seconds
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -194,25 +206,36 @@ class Uploader:
                 if self.stopping.is_set():
                     return
                 continue
-            if item is _STOP or self.stopping.is_set():
-                if item is _STOP and not self.stopping.is_set():
-                    try:
-                        self._reconcile()
-                    except Interrupted:
-                        pass
-                    except BaseException as exc:  # reported by the main thread
-                        self.error = exc
+            if self.stopping.is_set():
                 return
             try:
+                if item is _STOP:
+                    self._flush(full_only=False)
+                    self._checkpoint()
+                    self._reconcile()
+                    return
                 self.write_batch(item)
+                if item.state_after is not None:
+                    self._pending_state = item.state_after
+                self._pending_record = item.last_record or self._pending_record
+                due = time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds
+                if due:
+                    self._flush(full_only=False)
+                if not self._adds and not self._removes:
+                    self._checkpoint()
+                    self.emit_state(self.state_line())
             except Interrupted:
                 return
             except BaseException as exc:  # reported by the main thread
                 self.error = exc
                 return
-            if item.state_after is not None:
-                self.confirmed_state = item.state_after
-            self.emit_state(self.state_line())
+
+    def _checkpoint(self) -> None:
+        """Everything received so far is written: the pending tap state is confirmed."""
+        if self._pending_state is not None:
+            self.confirmed_state = self._pending_state
+        self.report.records_written = self._pending_record
+        self._last_checkpoint = time.monotonic()
 
     def state_line(self) -> dict[str, Any]:
         """The latest confirmed tap state plus our report."""
@@ -404,31 +427,50 @@ class Uploader:
     # ---- writing ---------------------------------------------------------------------
 
     def write_batch(self, batch: Batch) -> None:
+        """Merge a batch into the add and remove buffers and send every full request.
+
+        An identifier sits in at most one buffer, holding its latest action, so requests
+        can be filled across batches (a mostly-adds run sends full ADD requests instead of
+        two half-empty ones per batch) while the final membership still equals applying
+        every action in order: whatever was sent earlier is overridden by what is sent later.
+        """
         if batch.ops and not self._resolved:
             assert batch.segment_name is not None
             self.resolve(batch.segment_name, batch.segment_id)
-        adds = [h for h, is_add in batch.ops.items() if is_add]
-        removes = [h for h, is_add in batch.ops.items() if not is_add]
+        adds, removes = self._adds, self._removes
+        for digest, is_add in batch.ops.items():
+            if is_add:
+                removes.pop(digest, None)
+                adds[digest] = None
+            else:
+                adds.pop(digest, None)
+                removes[digest] = None
+        self._kinds |= batch.kinds
         if self._uncertain:
             for digest, is_add in batch.ops.items():
                 if digest in self._uncertain:
                     self._latest_for_uncertain[digest] = is_add
-        if removes:
+        self._flush(full_only=True)
+
+    def _flush(self, *, full_only: bool) -> None:
+        """Send full requests from the buffers; with full_only=False, empty them."""
+        while len(self._removes) >= self.per_request or (self._removes and not full_only):
+            chunk = _take(self._removes, self.per_request)
             if self.list_id is None:
                 # Nothing to remove from a list that does not exist yet.
-                self.report.removes_without_list += len(removes)
+                self.report.removes_without_list += len(chunk)
             else:
-                self._send("REMOVE", removes)
-        if adds:
+                self._send("REMOVE", chunk)
+        while len(self._adds) >= self.per_request or (self._adds and not full_only):
+            chunk = _take(self._adds, self.per_request)
             if self.list_id is None:
-                self._create_list(batch, adds)
+                self._create_list(chunk)
             else:
-                self._send("ADD", adds)
-        for digest in adds:
-            if len(self.distinct_added) >= MIN_AUDIENCE_SIZE:
-                break
-            self.distinct_added.add(digest)
-        self.report.records_written = batch.last_record or self.report.records_written
+                self._send("ADD", chunk)
+            for digest in chunk:
+                if len(self.distinct_added) >= MIN_AUDIENCE_SIZE:
+                    break
+                self.distinct_added.add(digest)
 
     def _list_type(self, kinds: set[str]) -> str:
         if self.list_type != "auto":
@@ -439,8 +481,8 @@ class Uploader:
             return "IDFA"
         return "EMAIL"
 
-    def _create_list(self, batch: Batch, adds: list[str]) -> None:
-        name = batch.segment_name
+    def _create_list(self, adds: list[str]) -> None:
+        name = self.report.segment_name
         if self.dry_run or self.client is None:
             self.logger.info(
                 "Dry run: would create Customer List %r and Audience %r", name, self.audience_name
@@ -453,7 +495,7 @@ class Uploader:
             body = {
                 "name": name,
                 "records": ",".join(first),
-                "list_type": self._list_type(batch.kinds),
+                "list_type": self._list_type(self._kinds),
             }
             try:
                 self.list_id = self._create(
@@ -579,3 +621,11 @@ class Uploader:
             self.report.identifiers_added += n
         else:
             self.report.identifiers_removed += n
+
+
+def _take(buffer: dict[str, None], n: int) -> list[str]:
+    """Remove and return the first n keys of an insertion-ordered dict."""
+    chunk = list(itertools.islice(buffer, n))
+    for key in chunk:
+        del buffer[key]
+    return chunk

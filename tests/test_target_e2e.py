@@ -517,3 +517,46 @@ def test_a_run_without_records_still_reports_the_ids(emulator, base_config, run_
     assert run2.final["segment_id"] == run1.final["segment_id"]
     assert run2.final["audience_id"] == run1.final["audience_id"]
     assert len(writes(emulator)) == n_writes  # run 2 only read
+
+
+def test_adds_and_removes_fill_whole_requests_across_batches(emulator, base_config, run_target):
+    # an existing list holding r0..r9
+    seed = [
+        {"segment_name": "Full", "action": "add", "email": f"r{i}@example.com"} for i in range(10)
+    ]
+    run_target(base_config, records(seed))
+    n_before = len(writes(emulator))
+    rows = []
+    for i in range(90):  # one remove after every nine adds
+        rows.append({"segment_name": "Full", "action": "add", "email": f"a{i}@example.com"})
+        if i % 9 == 8:
+            rows.append(
+                {"segment_name": "Full", "action": "remove", "email": f"r{i // 9}@example.com"}
+            )
+    rows.append({"segment_name": "Full", "action": "add", "email": "r0@example.com"})  # back again
+    rows.append({"segment_name": "Full", "action": "remove", "email": "a0@example.com"})
+    run = run_target({**base_config, "identifiers_per_request": 10}, records(rows))
+    assert run.returncode == 0, run.stderr
+    (created,) = lists_named(emulator, "Full")
+    want = {email_hash(f"a{i}@example.com") for i in range(1, 90)} | {email_hash("r0@example.com")}
+    assert set(created["members"]) == want
+    patches = writes(emulator)[n_before:]
+    # full requests across batches (not an ADD and a REMOVE per batch of 10): 9 full ADDs,
+    # one full REMOVE (r0..r9), then the tail: r0 added back, a0 removed
+    sent = [(p["operation_type"], p["n_records"]) for p in patches]
+    assert sorted(sent) == sorted([("ADD", 10)] * 9 + [("REMOVE", 10), ("ADD", 1), ("REMOVE", 1)])
+
+
+def test_zero_checkpoint_interval_writes_state_after_every_batch(emulator, base_config, run_target):
+    rows = []
+    msgs = []
+    for i in range(8):
+        action = "remove" if i % 2 else "add"
+        rows.append({"segment_name": "C", "action": action, "email": f"c{i}@example.com"})
+    for i, rec in enumerate(records(rows), start=1):
+        msgs += [rec, state({"bookmarks": {"customers": {"id": i}}})]
+    config = {**base_config, "identifiers_per_request": 2, "checkpoint_interval_seconds": 0}
+    run = run_target(config, msgs)
+    assert run.returncode == 0, run.stderr
+    bookmarks = [s["bookmarks"]["customers"]["id"] for s in run.states if "bookmarks" in s]
+    assert bookmarks[:4] == [2, 4, 6, 8]
