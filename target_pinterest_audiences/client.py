@@ -21,6 +21,8 @@ import requests
 
 from target_pinterest_audiences.tokens import AuthError, TokenManager, TransientAuthError
 
+#: How often one request may meet a 401, refresh the token and repeat.
+MAX_REAUTHORIZATIONS = 3
 #: HTTP statuses worth retrying: rate limits and server-side trouble.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 #: Pinterest account states that no retry can fix; each gets its own plain message.
@@ -202,6 +204,7 @@ class PinterestClient:
         self.retries = 0
         #: Attempts that timed out: such a request may still be applied later.
         self.timeouts = 0
+        self._counters = threading.Lock()  # PATCHes may run in several threads
         self.last_rid: str | None = None
 
     def request(
@@ -213,6 +216,7 @@ class PinterestClient:
         params: dict[str, Any] | None = None,
         idempotent: bool = True,
         deadline: float | None = None,
+        on_timeout: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """One API call, retried on 429/5xx/timeouts/dropped connections within the budget.
 
@@ -225,7 +229,9 @@ class PinterestClient:
         deadline = deadline or self.deadline()
         delays = self.retry.delays()
         attempts = 0
-        refreshed = False
+        # A 401 means: refresh (unless another thread already did) and repeat. A few times
+        # at most, since requests in flight together may each meet an expired token.
+        reauthorized = 0
         while True:
             if self.stop_event.is_set():
                 raise Interrupted(f"stopped before {method} {path} completed")
@@ -258,14 +264,17 @@ class PinterestClient:
                 response = None
                 problem = f"{type(exc).__name__} (no answer)"
                 if isinstance(exc, requests.Timeout):
-                    self.timeouts += 1
+                    with self._counters:
+                        self.timeouts += 1
+                    if on_timeout is not None:
+                        on_timeout()
                 # A refused connection never reached Pinterest; anything later might have.
                 sent = not isinstance(exc, requests.ConnectionError) or _maybe_sent(exc)
             finally:
                 limiter.release()
-                self.requests_sent += 1
-                if is_write:
-                    self.writes_sent += 1
+                with self._counters:
+                    self.requests_sent += 1
+                    self.writes_sent += is_write
 
             retry_after: float | None = None
             if response is not None:
@@ -286,11 +295,11 @@ class PinterestClient:
                         "The token lacks the scopes this needs (ads:read, ads:write): reconnect "
                         "with `target-pinterest-audiences-auth`, which asks for both",
                     )
-                if status == 401 and not refreshed:
+                if status == 401 and reauthorized < MAX_REAUTHORIZATIONS:
                     self.logger.info("HTTP 401 on %s %s; refreshing the access token", method, path)
                     try:
                         self.tokens.on_unauthorized(token)
-                        refreshed = True
+                        reauthorized += 1
                         continue
                     except TransientAuthError as exc:
                         problem = f"token refresh: {exc}"
@@ -343,7 +352,8 @@ class PinterestClient:
                 "Pinterest or the network is unavailable: run again later (the next run "
                 "resumes from the last checkpoint)"
             )
-        self.retries += 1
+        with self._counters:
+            self.retries += 1
         self.logger.warning("%s %s: %s; retry %d in %.2fs", method, path, problem, attempts, wait)
         if self.stop_event.wait(wait):
             raise Interrupted(f"stopped while retrying {method} {path}")

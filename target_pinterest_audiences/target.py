@@ -205,6 +205,17 @@ class TargetPinterestAudiences(Target):
             ),
         ),
         th.Property(
+            "max_concurrent_writes",
+            th.IntegerType(minimum=1, maximum=10),
+            default=4,
+            title="Concurrent writes",
+            description=(
+                "How many update requests of the same operation may be in flight at once, so "
+                "that Pinterest's answer time does not cap throughput below the write limit. "
+                "An ADD never overlaps a REMOVE. 1: strictly one request at a time."
+            ),
+        ),
+        th.Property(
             "max_reads_per_minute",
             th.IntegerType(minimum=1),
             default=1000,
@@ -340,6 +351,7 @@ class TargetPinterestAudiences(Target):
             emit_state=self._emit_state,
             logger=self.logger,
             checkpoint_seconds=float(config.get("checkpoint_interval_seconds", 60)),
+            concurrent_writes=int(config.get("max_concurrent_writes", 4)),
         )
         self.flow = RecordFlow(
             uploader=self.uploader,

@@ -14,7 +14,9 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +119,7 @@ class Uploader:
         emit_state: Callable[[dict[str, Any]], None],
         logger: logging.Logger,
         checkpoint_seconds: float = 60.0,
+        concurrent_writes: int = 1,
         queue_depth: int = 3,
     ) -> None:
         self.client = client
@@ -156,6 +159,18 @@ class Uploader:
         self._pending_record = 0
         self._last_checkpoint = time.monotonic()
         self.checkpoint_seconds = checkpoint_seconds
+        #: PATCHes of one operation may overlap (their identifiers are disjoint, and ADD and
+        #: REMOVE are set operations); a request of the other operation waits for them all.
+        self.concurrent_writes = max(1, concurrent_writes)
+        self._pool = (
+            ThreadPoolExecutor(self.concurrent_writes, thread_name_prefix="pinterest-patch")
+            if self.concurrent_writes > 1 and client is not None and not dry_run
+            else None
+        )
+        self._in_flight: list[tuple[str, Future[None]]] = []
+        #: Checkpoints waiting for the requests sent before them: (state, records, requests).
+        self._markers: deque[tuple[dict[str, Any] | None, int, list[Future[None]]]] = deque()
+        self._count_lock = threading.Lock()
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -199,43 +214,59 @@ class Uploader:
     # ---- the writer thread -----------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Interrupted:
+            pass
+        except BaseException as exc:  # reported by the main thread
+            self.error = exc
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _loop(self) -> None:
         while True:
             try:
                 item = self._queue.get(timeout=0.2)
             except queue.Empty:
                 if self.stopping.is_set():
                     return
+                self._emit_ready_checkpoints()
                 continue
             if self.stopping.is_set():
                 return
-            try:
-                if item is _STOP:
-                    self._flush(full_only=False)
-                    self._checkpoint()
-                    self._reconcile()
-                    return
-                self.write_batch(item)
-                if item.state_after is not None:
-                    self._pending_state = item.state_after
-                self._pending_record = item.last_record or self._pending_record
-                due = time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds
-                if due:
-                    self._flush(full_only=False)
-                if not self._adds and not self._removes:
-                    self._checkpoint()
-                    self.emit_state(self.state_line())
-            except Interrupted:
+            if item is _STOP:
+                self._flush(full_only=False)
+                self._wait_in_flight()
+                self._emit_ready_checkpoints()
+                self._checkpoint(self._pending_state, self._pending_record)
+                self._reconcile()
                 return
-            except BaseException as exc:  # reported by the main thread
-                self.error = exc
-                return
+            self.write_batch(item)
+            if item.state_after is not None:
+                self._pending_state = item.state_after
+            self._pending_record = item.last_record or self._pending_record
+            if time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds:
+                self._flush(full_only=False)
+            if not self._adds and not self._removes:
+                # Everything received is sent: confirmed once the requests in flight answer.
+                in_flight = [future for _, future in self._in_flight]
+                self._markers.append((self._pending_state, self._pending_record, in_flight))
+                self._last_checkpoint = time.monotonic()
+            self._emit_ready_checkpoints()
 
-    def _checkpoint(self) -> None:
-        """Everything received so far is written: the pending tap state is confirmed."""
-        if self._pending_state is not None:
-            self.confirmed_state = self._pending_state
-        self.report.records_written = self._pending_record
-        self._last_checkpoint = time.monotonic()
+    def _emit_ready_checkpoints(self) -> None:
+        while self._markers and all(f.done() for f in self._markers[0][2]):
+            state, record, futures = self._markers.popleft()
+            for future in futures:
+                future.result()  # a failed request stops the run before its checkpoint
+            self._checkpoint(state, record)
+            self.emit_state(self.state_line())
+
+    def _checkpoint(self, state: dict[str, Any] | None, record: int) -> None:
+        if state is not None:
+            self.confirmed_state = state
+        self.report.records_written = max(self.report.records_written, record)
 
     def state_line(self) -> dict[str, Any]:
         """The latest confirmed tap state plus our report."""
@@ -446,10 +477,6 @@ class Uploader:
                 adds.pop(digest, None)
                 removes[digest] = None
         self._kinds |= batch.kinds
-        if self._uncertain:
-            for digest, is_add in batch.ops.items():
-                if digest in self._uncertain:
-                    self._latest_for_uncertain[digest] = is_add
         self._flush(full_only=True)
 
     def _flush(self, *, full_only: bool) -> None:
@@ -523,41 +550,74 @@ class Uploader:
             self._send("ADD", rest)
 
     def _send(self, operation: str, hashes: list[str]) -> None:
-        """PATCH in chunks; a chunk refused as too large is halved until it fits."""
+        """PATCH in requests of at most per_request identifiers."""
         if self.dry_run or self.client is None:
             self._count(operation, len(hashes))
             return
+        for i in range(0, len(hashes), self.per_request):
+            self._dispatch(operation, hashes[i : i + self.per_request])
+
+    def _dispatch(self, operation: str, chunk: list[str]) -> None:
+        if any(op != operation for op, _ in self._in_flight):
+            self._wait_in_flight()  # a REMOVE never overtakes an ADD sent before it
+        if self._uncertain:
+            # Requests go out in order: the last one sent for an identifier is its final action.
+            with self._count_lock:
+                for digest in chunk:
+                    if digest in self._uncertain:
+                        self._latest_for_uncertain[digest] = operation == "ADD"
+        if self._pool is None:
+            self._send_chunk(operation, chunk)
+            return
+        while len(self._in_flight) >= self.concurrent_writes:
+            wait([f for _, f in self._in_flight], return_when=FIRST_COMPLETED)
+            self._reap()
+        self._in_flight.append((operation, self._pool.submit(self._send_chunk, operation, chunk)))
+
+    def _reap(self) -> None:
+        done = [(op, f) for op, f in self._in_flight if f.done()]
+        self._in_flight = [(op, f) for op, f in self._in_flight if not f.done()]
+        for _, future in done:
+            future.result()
+
+    def _wait_in_flight(self) -> None:
+        wait([f for _, f in self._in_flight])
+        self._reap()
+
+    def _send_chunk(self, operation: str, chunk: list[str]) -> None:
+        """One PATCH; a chunk refused as too large is halved until it fits."""
+        assert self.client is not None
         path = f"/ad_accounts/{self.account}/customer_lists/{self.list_id}"
-        pending = [
-            hashes[i : i + self.per_request] for i in range(0, len(hashes), self.per_request)
-        ]
-        pending.reverse()
+        pending = [chunk]
+        timed_out: list[bool] = []
         while pending:
-            chunk = pending.pop()
-            body = {"operation_type": operation, "records": ",".join(chunk)}
-            timeouts_before = self.client.timeouts
+            part = pending.pop()
+            body = {"operation_type": operation, "records": ",".join(part)}
+            timed_out.clear()
             try:
-                self.client.request("PATCH", path, json=body)
+                self.client.request(
+                    "PATCH", path, json=body, on_timeout=lambda: timed_out.append(True)
+                )
             except RequestTooLarge:
-                if len(chunk) == 1:
+                if len(part) == 1:
                     # No cap can be below one identifier: treat it as a passing fault.
                     self._retry_single(path, body)
                     self._count(operation, 1)
                     continue
-                half = len(chunk) // 2
+                half = len(part) // 2
                 self.per_request = min(self.per_request, half)
                 self.logger.warning(
                     "Pinterest refused %d identifiers in one request as too large; sending at "
                     "most %d per request from now on",
-                    len(chunk),
+                    len(part),
                     self.per_request,
                 )
-                pending.append(chunk[half:])
-                pending.append(chunk[:half])
+                pending.append(part[half:])
+                pending.append(part[:half])
                 continue
-            if self.client.timeouts != timeouts_before:
-                self._remember_uncertain(chunk, operation == "ADD")
-            self._count(operation, len(chunk))
+            if timed_out:
+                self._remember_uncertain(part, operation == "ADD")
+            self._count(operation, len(part))
 
     def _retry_single(self, path: str, body: dict[str, Any]) -> None:
         assert self.client is not None
@@ -574,6 +634,10 @@ class Uploader:
                 self.client.pause("PATCH", path, attempt, deadline, delays, None, problem)
 
     def _remember_uncertain(self, chunk: list[str], is_add: bool) -> None:
+        with self._count_lock:
+            self._remember_uncertain_locked(chunk, is_add)
+
+    def _remember_uncertain_locked(self, chunk: list[str], is_add: bool) -> None:
         self._last_timeout_at = time.monotonic()
         if len(self._uncertain) + len(chunk) > UNCERTAIN_LIMIT:
             self.logger.warning(
@@ -617,10 +681,11 @@ class Uploader:
                 self.client.request("PATCH", path, json=body)
 
     def _count(self, operation: str, n: int) -> None:
-        if operation == "ADD":
-            self.report.identifiers_added += n
-        else:
-            self.report.identifiers_removed += n
+        with self._count_lock:
+            if operation == "ADD":
+                self.report.identifiers_added += n
+            else:
+                self.report.identifiers_removed += n
 
 
 def _take(buffer: dict[str, None], n: int) -> list[str]:

@@ -6,6 +6,7 @@ that no token, secret or raw identifier reached stderr.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -61,7 +62,8 @@ def test_429_bursts_with_and_without_retry_after(emulator, base_config, run_targ
     emulator.add_fault("status", status=429, retry_after=1, count=2, methods=["PATCH"])
     emulator.add_fault("status", status=429, count=3, methods=["POST"])
     emulator.add_fault("status", status=429, count=2, methods=["GET"])
-    config = {**base_config, "identifiers_per_request": 3}
+    # one request at a time, so both Retry-After waits add up
+    config = {**base_config, "identifiers_per_request": 3, "max_concurrent_writes": 1}
     started = time.monotonic()
     run = run_target(config, records(adds(10)))
     assert run.returncode == 0, run.stderr
@@ -346,7 +348,12 @@ def test_timed_out_remove_landing_late_does_not_beat_a_later_add(emulator, base_
         {"segment_name": "R", "action": "remove", "email": "user0@example.com"},
         {"segment_name": "R", "action": "add", "email": "user0@example.com"},
     ]
-    config = {**base_config, "identifiers_per_request": 1, "request_timeout_seconds": 1}
+    config = {
+        **base_config,
+        "identifiers_per_request": 1,
+        "request_timeout_seconds": 1,
+        "checkpoint_interval_seconds": 0,  # the remove goes out before the add comes in
+    }
     run = run_target(config, records(rows))
     assert run.returncode == 0, run.stderr
     assert the_members(emulator) == expected(1)
@@ -359,3 +366,27 @@ def test_too_large_for_a_single_identifier_is_retried(emulator, base_config, run
     run = run_target(base_config, records(adds(1, start=1)))
     assert run.returncode == 0, run.stderr
     assert the_members(emulator) == expected(2)
+
+
+def test_same_operation_writes_overlap_but_never_cross_an_opposite_one(
+    emulator, base_config, run_target
+):
+    run_target(base_config, records(adds(1)))  # the list exists; user0 is in it
+    emulator.configure(write_delay_ms=300)
+    rows = adds(16, start=1) + [
+        {"segment_name": "R", "action": "remove", "email": f"user{i}@example.com"}
+        for i in range(0, 8)
+    ]
+    config = {**base_config, "identifiers_per_request": 2, "max_concurrent_writes": 4}
+    run = run_target(config, records(rows))
+    assert run.returncode == 0, run.stderr
+    assert the_members(emulator) == expected(17) - expected(8)
+    patches = [r for r in writes(emulator) if r["method"] == "PATCH"]
+    add_times = [r["t"] for r in patches if r["operation_type"] == "ADD"]
+    remove_times = [r["t"] for r in patches if r["operation_type"] == "REMOVE"]
+    # several ADDs were in flight together (each is answered only after 300 ms) ...
+    assert any(b - a < 0.2 for a, b in itertools.pairwise(add_times))
+    # ... yet every REMOVE went out only after the ADDs sent before it had answered
+    for t_remove in remove_times:
+        earlier_adds = [t for t in add_times if t < t_remove]
+        assert all(t_remove - t >= 0.3 for t in earlier_adds)
