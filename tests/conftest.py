@@ -54,6 +54,18 @@ def cli_command() -> list[str]:
     return [sys.executable, "-m", "target_pinterest_audiences.target"]
 
 
+def start_cli(config_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """The CLI as a live process with pipes, for tests that signal it mid-run."""
+    return subprocess.Popen(
+        [*cli_command(), "--config", str(config_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
 def record(**fields: Any) -> dict[str, Any]:
     return {"type": "RECORD", "stream": STREAM, "record": fields}
 

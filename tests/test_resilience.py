@@ -10,7 +10,6 @@ import itertools
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -22,10 +21,10 @@ from conftest import (
     CLIENT_SECRET,
     REFRESH_TOKEN,
     SCHEMA,
-    cli_command,
     email_hash,
     lists_named,
     records,
+    start_cli,
     state,
     writes,
 )
@@ -267,14 +266,7 @@ def _stream_then_signal(
     config_path: Path, lines: list[str], sig: int, env: dict
 ) -> tuple[int, list[dict], str]:
     """Feed lines but keep stdin open; send `sig` once a checkpoint with a bookmark appears."""
-    proc = subprocess.Popen(
-        [*cli_command(), "--config", str(config_path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc = start_cli(config_path, env)
     assert proc.stdin and proc.stdout and proc.stderr
     for line in lines:
         proc.stdin.write(line)

@@ -483,20 +483,13 @@ def test_bad_api_url_and_long_ids_fail_at_startup(run_target, tmp_path):
 
 def test_signal_while_idle_exits_promptly(emulator, base_config, tmp_path):
     import signal
-    import subprocess
     import time
 
-    from conftest import cli_command
+    from conftest import start_cli
 
     config_path = tmp_path / "idle.json"
     config_path.write_text(json.dumps(base_config))
-    proc = subprocess.Popen(
-        [*cli_command(), "--config", str(config_path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli(config_path)
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(SCHEMA) + "\n")
     proc.stdin.flush()
