@@ -260,6 +260,8 @@ class Uploader:
             state, record, futures = self._markers.popleft()
             for future in futures:
                 future.result()  # a failed request stops the run before its checkpoint
+            # A straggler of a timed-out write must not undo what this checkpoint covers.
+            self._reconcile()
             self._checkpoint(state, record)
             self.emit_state(self.state_line())
 
@@ -655,11 +657,12 @@ class Uploader:
         same identifier; once such a straggler has had time to land, the final action is
         sent again so that the later action wins.
         """
-        stale = {
-            digest: is_add
-            for digest, is_add in self._latest_for_uncertain.items()
-            if is_add != self._uncertain.get(digest)
-        }
+        with self._count_lock:  # PATCH threads add to these dicts
+            stale = {
+                digest: is_add
+                for digest, is_add in self._latest_for_uncertain.items()
+                if is_add != self._uncertain.get(digest)
+            }
         if not stale or self.client is None or self.dry_run:
             return
         wait = (
@@ -670,8 +673,11 @@ class Uploader:
             len(stale),
         )
         if wait > 0 and self.client.stop_event.wait(wait):
-            return
-        self._uncertain.clear()
+            raise Interrupted("stopped while waiting to reconcile timed-out writes")
+        # Every straggler has had its time to land: nothing is uncertain any more.
+        with self._count_lock:
+            self._uncertain.clear()
+            self._latest_for_uncertain.clear()
         path = f"/ad_accounts/{self.account}/customer_lists/{self.list_id}"
         for operation, wanted in (("REMOVE", False), ("ADD", True)):
             hashes = [h for h, is_add in stale.items() if is_add is wanted]
