@@ -229,8 +229,8 @@ class PinterestClient:
         deadline = deadline or self.deadline()
         delays = self.retry.delays()
         attempts = 0
-        # A 401 means: refresh (unless another thread already did) and repeat. A few times
-        # at most, since requests in flight together may each meet an expired token.
+        # A 401 means: refresh (unless another request in flight already did) and repeat;
+        # a request gives up once tokens it refreshed itself were refused a few times.
         reauthorized = 0
         while True:
             if self.stop_event.is_set():
@@ -298,8 +298,8 @@ class PinterestClient:
                 if status == 401 and reauthorized < MAX_REAUTHORIZATIONS:
                     self.logger.info("HTTP 401 on %s %s; refreshing the access token", method, path)
                     try:
-                        self.tokens.on_unauthorized(token)
-                        reauthorized += 1
+                        # Only a token this request obtained itself counts against it.
+                        reauthorized += self.tokens.on_unauthorized(token)
                         continue
                     except TransientAuthError as exc:
                         problem = f"token refresh: {exc}"

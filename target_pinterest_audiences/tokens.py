@@ -218,21 +218,25 @@ class TokenManager:
                 )
             return self._access
 
-    def on_unauthorized(self, rejected: str) -> str:
-        """After a 401 with `rejected`: a fresh token to repeat the request with once."""
+    def on_unauthorized(self, rejected: str) -> bool:
+        """After a 401 with `rejected`: make a fresh token current, for one more try.
+
+        Returns whether this call replaced the token itself (False when another request
+        in flight had already replaced it).
+        """
         with self._lock:
             if self._access != rejected:
-                return self._access or ""
+                return False
             if self.can_refresh:
                 # Stale from now on: if this refresh fails transiently, the next
                 # access_token() call refreshes instead of reusing the rejected token.
                 self._access_expires_at = 0
                 self._do_refresh()
-                return self._access or ""
+                return True
             if self._config_access and self._config_access != rejected:
                 self.logger.warning("Stored access token rejected; trying the one in the config")
                 self._access = self._config_access
-                return self._access
+                return True
         raise AuthError(
             "Pinterest rejected the access token (expired or revoked) and it cannot be "
             "refreshed: set refresh_token, client_id and client_secret, or reconnect with "
