@@ -9,6 +9,7 @@ the tap state that followed it is emitted, so STATE never runs ahead of the data
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import queue
@@ -33,8 +34,8 @@ from target_pinterest_audiences.client import (
 DRY_RUN_NEW_LIST = "(new)"
 #: After an unanswered create, how long (beyond one request timeout) to look for it.
 CREATE_SETTLE_SECONDS = 5.0
-#: At most this many identifiers of timed-out writes are remembered for reconciliation.
-UNCERTAIN_LIMIT = 100_000
+#: Rounds of re-sending in-doubt identifiers (each round may time out again) before giving up.
+RECONCILE_ROUNDS = 3
 #: Pinterest needs this many matched users before an Audience can be targeted.
 MIN_AUDIENCE_SIZE = 100
 
@@ -143,11 +144,10 @@ class Uploader:
         self.confirmed_state: dict[str, Any] | None = None
         #: Up to MIN_AUDIENCE_SIZE distinct added identifiers, to warn on tiny audiences.
         self.distinct_added: set[str] = set()
-        #: Identifiers of writes that timed out (the request may still land later, after a
-        #: newer opposite action) -> the action that request carried.
-        self._uncertain: dict[str, bool] = {}
-        #: Their latest action in this run, when a later batch touched them again.
-        self._latest_for_uncertain: dict[str, bool] = {}
+        #: Identifiers in doubt: a write carrying them timed out, so it may still land later,
+        #: after a newer opposite action. Each maps to its latest action sent (ADD: True);
+        #: they are re-sent with it before the next checkpoint (see _reconcile).
+        self._in_doubt: dict[str, bool] = {}
         self._last_timeout_at = 0.0
         #: Identifiers waiting for a full request, each with its latest action (in exactly
         #: one of the two); dicts keep arrival order.
@@ -239,8 +239,8 @@ class Uploader:
                 self._flush(full_only=False)
                 self._wait_in_flight()
                 self._emit_ready_checkpoints()
-                self._checkpoint(self._pending_state, self._pending_record)
                 self._reconcile()
+                self._checkpoint(self._pending_state, self._pending_record)
                 return
             self.write_batch(item)
             if item.state_after is not None:
@@ -551,30 +551,31 @@ class Uploader:
         if rest:
             self._send("ADD", rest)
 
-    def _send(self, operation: str, hashes: list[str]) -> None:
+    def _send(self, operation: str, hashes: list[str], *, count: bool = True) -> None:
         """PATCH in requests of at most per_request identifiers."""
         if self.dry_run or self.client is None:
             self._count(operation, len(hashes))
             return
         for i in range(0, len(hashes), self.per_request):
-            self._dispatch(operation, hashes[i : i + self.per_request])
+            self._dispatch(operation, hashes[i : i + self.per_request], count)
 
-    def _dispatch(self, operation: str, chunk: list[str]) -> None:
+    def _dispatch(self, operation: str, chunk: list[str], count: bool = True) -> None:
         if any(op != operation for op, _ in self._in_flight):
             self._wait_in_flight()  # a REMOVE never overtakes an ADD sent before it
-        if self._uncertain:
+        if self._in_doubt:
             # Requests go out in order: the last one sent for an identifier is its final action.
             with self._count_lock:
                 for digest in chunk:
-                    if digest in self._uncertain:
-                        self._latest_for_uncertain[digest] = operation == "ADD"
+                    if digest in self._in_doubt:
+                        self._in_doubt[digest] = operation == "ADD"
         if self._pool is None:
-            self._send_chunk(operation, chunk)
+            self._send_chunk(operation, chunk, count)
             return
         while len(self._in_flight) >= self.concurrent_writes:
             wait([f for _, f in self._in_flight], return_when=FIRST_COMPLETED)
             self._reap()
-        self._in_flight.append((operation, self._pool.submit(self._send_chunk, operation, chunk)))
+        future = self._pool.submit(self._send_chunk, operation, chunk, count)
+        self._in_flight.append((operation, future))
 
     def _reap(self) -> None:
         done = [(op, f) for op, f in self._in_flight if f.done()]
@@ -586,25 +587,32 @@ class Uploader:
         wait([f for _, f in self._in_flight])
         self._reap()
 
-    def _send_chunk(self, operation: str, chunk: list[str]) -> None:
-        """One PATCH; a chunk refused as too large is halved until it fits."""
+    def _send_chunk(self, operation: str, chunk: list[str], count: bool = True) -> None:
+        """One PATCH; a chunk refused as too large is halved until it fits, and a single
+        identifier refused as too large is retried as a passing fault."""
         assert self.client is not None
         path = f"/ad_accounts/{self.account}/customer_lists/{self.list_id}"
+        is_add = operation == "ADD"
         pending = [chunk]
-        timed_out: list[bool] = []
+        deadline = self.client.deadline()
+        delays = self.client.retry.delays()
+        attempt = 0
         while pending:
             part = pending.pop()
             body = {"operation_type": operation, "records": ",".join(part)}
-            timed_out.clear()
             try:
                 self.client.request(
-                    "PATCH", path, json=body, on_timeout=lambda: timed_out.append(True)
+                    "PATCH",
+                    path,
+                    json=body,
+                    on_timeout=functools.partial(self._mark_in_doubt, part, is_add),
                 )
-            except RequestTooLarge:
+            except RequestTooLarge as exc:
                 if len(part) == 1:
-                    # No cap can be below one identifier: treat it as a passing fault.
-                    self._retry_single(path, body)
-                    self._count(operation, 1)
+                    attempt += 1
+                    problem = f"HTTP {exc.status} 'too large' for a single identifier"
+                    self.client.pause("PATCH", path, attempt, deadline, delays, None, problem)
+                    pending.append(part)
                     continue
                 half = len(part) // 2
                 self.per_request = min(self.per_request, half)
@@ -617,74 +625,58 @@ class Uploader:
                 pending.append(part[half:])
                 pending.append(part[:half])
                 continue
-            if timed_out:
-                self._remember_uncertain(part, operation == "ADD")
-            self._count(operation, len(part))
+            if count:
+                self._count(operation, len(part))
 
-    def _retry_single(self, path: str, body: dict[str, Any]) -> None:
-        assert self.client is not None
-        deadline = self.client.deadline()
-        delays = self.client.retry.delays()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                self.client.request("PATCH", path, json=body, deadline=deadline)
-                return
-            except RequestTooLarge as exc:
-                problem = f"HTTP {exc.status} 'too large' for a single identifier"
-                self.client.pause("PATCH", path, attempt, deadline, delays, None, problem)
+    def _mark_in_doubt(self, part: list[str], is_add: bool) -> None:
+        """An attempt carrying `part` timed out: it may still be applied, later.
 
-    def _remember_uncertain(self, chunk: list[str], is_add: bool) -> None:
+        No opposite action on these identifiers can have been sent meanwhile (it would
+        wait for this request), so this request's action is their latest.
+        """
         with self._count_lock:
-            self._remember_uncertain_locked(chunk, is_add)
-
-    def _remember_uncertain_locked(self, chunk: list[str], is_add: bool) -> None:
-        self._last_timeout_at = time.monotonic()
-        if len(self._uncertain) + len(chunk) > UNCERTAIN_LIMIT:
-            self.logger.warning(
-                "Too many identifiers in timed-out writes to reconcile at the end of the run"
-            )
-            return
-        for digest in chunk:
-            self._uncertain[digest] = is_add
-            self._latest_for_uncertain.pop(digest, None)
+            self._last_timeout_at = time.monotonic()
+            for digest in part:
+                self._in_doubt[digest] = is_add
 
     def _reconcile(self) -> None:
-        """Re-send the final action of identifiers whose timed-out write may land late.
+        """Re-send the latest action of every identifier in doubt, once stragglers have landed.
 
-        A write that timed out may still be applied after a later, opposite write of the
-        same identifier; once such a straggler has had time to land, the final action is
-        sent again so that the later action wins.
+        A write that timed out may still be applied after a later, opposite write of the same
+        identifier. Before a checkpoint covers them, in-doubt identifiers are sent again with
+        their latest action, after waiting long enough for any straggler to land; a re-send
+        that times out itself puts its identifiers back in doubt for another round.
         """
-        with self._count_lock:  # PATCH threads add to these dicts
-            stale = {
-                digest: is_add
-                for digest, is_add in self._latest_for_uncertain.items()
-                if is_add != self._uncertain.get(digest)
-            }
-        if not stale or self.client is None or self.dry_run:
+        if self.client is None or self.dry_run:
             return
-        wait = (
-            self._last_timeout_at + self.client.timeout + CREATE_SETTLE_SECONDS - time.monotonic()
-        )
-        self.logger.info(
-            "Re-sending the final action of %d identifiers whose earlier write timed out",
-            len(stale),
-        )
-        if wait > 0 and self.client.stop_event.wait(wait):
-            raise Interrupted("stopped while waiting to reconcile timed-out writes")
-        # Every straggler has had its time to land: nothing is uncertain any more.
-        with self._count_lock:
-            self._uncertain.clear()
-            self._latest_for_uncertain.clear()
-        path = f"/ad_accounts/{self.account}/customer_lists/{self.list_id}"
-        for operation, wanted in (("REMOVE", False), ("ADD", True)):
-            hashes = [h for h, is_add in stale.items() if is_add is wanted]
-            for i in range(0, len(hashes), self.per_request):
-                chunk = hashes[i : i + self.per_request]
-                body = {"operation_type": operation, "records": ",".join(chunk)}
-                self.client.request("PATCH", path, json=body)
+        for _ in range(RECONCILE_ROUNDS):
+            self._wait_in_flight()
+            with self._count_lock:
+                doubt = dict(self._in_doubt)
+                settle = self._last_timeout_at + self.client.timeout + CREATE_SETTLE_SECONDS
+            if not doubt:
+                return
+            self.logger.info(
+                "Re-sending the final action of %d identifiers whose earlier write timed out",
+                len(doubt),
+            )
+            wait_for = settle - time.monotonic()
+            if wait_for > 0 and self.client.stop_event.wait(wait_for):
+                raise Interrupted("stopped while waiting to reconcile timed-out writes")
+            with self._count_lock:
+                for digest in doubt:
+                    self._in_doubt.pop(digest, None)
+            for operation, wanted in (("REMOVE", False), ("ADD", True)):
+                hashes = [h for h, is_add in doubt.items() if is_add is wanted]
+                self._send(operation, hashes, count=False)
+            self._wait_in_flight()
+        if self._in_doubt:
+            raise TargetError(
+                f"{len(self._in_doubt)} identifiers stayed in doubt after {RECONCILE_ROUNDS} "
+                "rounds of timed-out writes; no checkpoint covers them, so the next run "
+                "sends them again. Pinterest is answering too slowly: raise "
+                "request_timeout_seconds or run again later"
+            )
 
     def _count(self, operation: str, n: int) -> None:
         with self._count_lock:

@@ -382,3 +382,28 @@ def test_same_operation_writes_overlap_but_never_cross_an_opposite_one(
     for t_remove in remove_times:
         earlier_adds = [t for t in add_times if t < t_remove]
         assert all(t_remove - t >= 0.3 for t in earlier_adds)
+
+
+def test_an_older_straggler_never_wins_over_a_newer_timed_out_write(
+    emulator, base_config, run_target
+):
+    """ADD x times out (lands after 4 s), REMOVE x times out too (lands after 1.5 s): the
+    ADD lands last, and the target must still end with x removed, before its checkpoint."""
+    run_target(base_config, records(adds(1)))  # the list exists with user0
+    emulator.add_fault("delay", delay_ms=4000, methods=["PATCH"], count=1)
+    emulator.add_fault("delay", delay_ms=1500, methods=["PATCH"], skip=1, count=1)
+    rows = [
+        {"segment_name": "R", "action": "add", "email": "x@example.com"},
+        {"segment_name": "R", "action": "remove", "email": "x@example.com"},
+    ]
+    config = {
+        **base_config,
+        "identifiers_per_request": 1,
+        "max_concurrent_writes": 1,
+        "checkpoint_interval_seconds": 0,
+        "request_timeout_seconds": 1,
+    }
+    run = run_target(config, [*records(rows), state({"bookmarks": {"b": 2}})])
+    assert run.returncode == 0, run.stderr
+    assert the_members(emulator) == expected(1)
+    assert run.states[-1]["bookmarks"] == {"b": 2}
