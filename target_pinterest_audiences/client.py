@@ -200,7 +200,6 @@ class PinterestClient:
         self.session = requests.Session()
         self.session.headers["Accept"] = "application/json"
         self.requests_sent = 0
-        self.writes_sent = 0
         self.retries = 0
         #: Attempts that timed out: such a request may still be applied later.
         self.timeouts = 0
@@ -274,7 +273,6 @@ class PinterestClient:
                 limiter.release()
                 with self._counters:
                     self.requests_sent += 1
-                    self.writes_sent += is_write
 
             retry_after: float | None = None
             if response is not None:

@@ -34,7 +34,7 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
 _ID = re.compile(r"[0-9]{1,18}")
 
 #: The JSON schema the target applies to every record, whatever SCHEMA the tap sends.
-#: It documents the contract (and is shown by tests and the README); the checks below
+#: It documents the contract (tests check that it agrees with parse_record); the checks below
 #: implement it by hand because a generic validator would quote raw values in its
 #: errors and costs more than the whole rest of the record path.
 STANDARD_AUDIENCE_SCHEMA: dict[str, Any] = {
@@ -43,7 +43,10 @@ STANDARD_AUDIENCE_SCHEMA: dict[str, Any] = {
     "properties": {
         "segment_name": {"type": "string", "minLength": 1},
         "segment_id": {"type": ["string", "integer", "null"], "pattern": "^[0-9]{1,18}$"},
-        "action": {"type": "string", "enum": ["add", "remove"]},
+        "action": {
+            "type": "string",
+            "pattern": r"^\s*([Aa][Dd][Dd]|[Rr][Ee][Mm][Oo][Vv][Ee])\s*$",
+        },
         **{field: {"type": ["string", "null"]} for field in IDENTIFIER_FIELDS},
     },
     "additionalProperties": True,

@@ -195,3 +195,39 @@ def test_invalid_records_name_field_and_reason_but_never_the_value(
     for value in record.values():
         if isinstance(value, str) and len(value.strip()) > 3:
             assert value not in str(caught.value)
+
+
+SCHEMA_SAMPLES = [
+    {"segment_name": "S", "action": "add", "email": "a@b.co"},
+    {"segment_name": "S", "action": " Remove ", "maid": "6D92078A-8246-4BA4-AE5B-76104861E7DC"},
+    {"segment_name": "S", "segment_id": 12, "action": "ADD", "email_sha256": TEST_AT_EXAMPLE},
+    {"segment_name": "S", "segment_id": "12", "action": "add", "idfa": None, "email": "a@b.co"},
+    {"action": "add", "email": "a@b.co"},
+    {"segment_name": 5, "action": "add", "email": "a@b.co"},
+    {"segment_name": "S", "action": "delete", "email": "a@b.co"},
+    {"segment_name": "S", "action": 1, "email": "a@b.co"},
+    {"segment_name": "S", "segment_id": "12a", "action": "add", "email": "a@b.co"},
+    {"segment_name": "S", "segment_id": "1" * 19, "action": "add", "email": "a@b.co"},
+    {"segment_name": "S", "action": "add", "email": 12345},
+    {"segment_name": "S", "action": "add", "maid": ["x"]},
+]
+
+
+@pytest.mark.parametrize("sample", SCHEMA_SAMPLES)
+def test_documented_schema_agrees_with_parse_record(sample: dict) -> None:
+    """What the published schema rejects, parse_record rejects; what parse_record accepts,
+    the schema accepts (parse_record adds the rules a schema cannot say, such as formats)."""
+    import jsonschema
+
+    from target_pinterest_audiences.identifiers import STANDARD_AUDIENCE_SCHEMA
+
+    schema_ok = jsonschema.Draft7Validator(STANDARD_AUDIENCE_SCHEMA).is_valid(sample)
+    try:
+        parse_record(sample)
+        parsed_ok = True
+    except InvalidRecord:
+        parsed_ok = False
+    if parsed_ok:
+        assert schema_ok
+    if not schema_ok:
+        assert not parsed_ok
