@@ -40,9 +40,10 @@ class SafeSingerReader(SimpleSingerReader):
             record_type = line_dict["type"]
             callback = callbacks.get(record_type)
             if callback is None:
+                known = ", ".join(sorted(callbacks))
                 raise InvalidInputLine(
-                    f"input line {self.line_number}: unknown Singer message type "
-                    f"{str(record_type)[:40]!r}"
+                    f"input line {self.line_number}: its 'type' is not a Singer message type "
+                    f"({known})"
                 )
             callback(line_dict)
             stats[record_type] += 1
@@ -65,7 +66,8 @@ class SafeSingerReader(SimpleSingerReader):
     def assert_line_requires(line_dict: dict, requires: set[str]) -> None:
         missing = requires.difference(line_dict)
         if missing:
+            kind = line_dict.get("type")
+            kind = kind if kind in ("RECORD", "SCHEMA", "STATE", "BATCH") else "Singer"
             raise InvalidInputLine(
-                f"a {str(line_dict.get('type', 'Singer'))[:40]} message lacks the required "
-                f"key(s) {', '.join(sorted(missing))}"
+                f"a {kind} message lacks the required key(s) {', '.join(sorted(missing))}"
             )

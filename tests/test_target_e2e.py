@@ -553,3 +553,10 @@ def test_zero_checkpoint_interval_writes_state_after_every_batch(emulator, base_
     assert run.returncode == 0, run.stderr
     bookmarks = [s["bookmarks"]["customers"]["id"] for s in run.states if "bookmarks" in s]
     assert bookmarks[:4] == [2, 4, 6, 8]
+
+
+def test_odd_message_types_are_not_echoed(emulator, base_config, run_target):
+    line = json.dumps({"type": "leak3@example.com", "stream": "customers"})
+    run = run_target(base_config, json.dumps(SCHEMA) + "\n" + line + "\n")
+    assert run.returncode != 0
+    assert "input line 2" in run.stderr and "leak3" not in run.stderr
