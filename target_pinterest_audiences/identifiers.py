@@ -142,11 +142,12 @@ _NO_IDENTIFIER = "no identifier present (need one of: " + ", ".join(IDENTIFIER_F
 _sha256 = hashlib.sha256
 
 
-def parse_record(record: dict[str, Any]) -> ParsedRecord:
+def parse_record(record: dict[str, Any], default_action: bool | None = None) -> ParsedRecord:
     """Validate a record against the standard audience schema and hash its identifiers.
 
-    Raises InvalidRecord naming the first field at fault. Fields outside the schema
-    are ignored; null, empty and whitespace-only values count as absent. It runs once per
+    Raises InvalidRecord naming the first field at fault. `default_action` stands for a
+    missing or blank action (mirror mode: a record without one is a member). Fields outside
+    the schema are ignored; null, empty and whitespace-only values count as absent. It runs once per
     record, so the rules of normalize_email, normalize_device_id and normalize_sha256 are
     applied inline, in one pass (same checks, same order, same errors).
     """
@@ -178,11 +179,13 @@ def parse_record(record: dict[str, Any]) -> ParsedRecord:
     if is_add is None:
         if isinstance(action, str):
             action = action.strip()
-            if not action:
+            is_add = ACTIONS.get(action.lower()) if action else default_action
+            if not action and is_add is None:
                 raise InvalidRecord("action", "missing_action", "is required ('add' or 'remove')")
-            is_add = ACTIONS.get(action.lower())
         elif action is None:
-            raise InvalidRecord("action", "missing_action", "is required ('add' or 'remove')")
+            if default_action is None:
+                raise InvalidRecord("action", "missing_action", "is required ('add' or 'remove')")
+            is_add = default_action
         if is_add is None:
             raise InvalidRecord("action", "unknown_action", "must be 'add' or 'remove'")
 
@@ -203,3 +206,19 @@ def parse_record(record: dict[str, Any]) -> ParsedRecord:
     if not identifiers:
         raise InvalidRecord("identifiers", "no_identifier", _NO_IDENTIFIER)
     return ParsedRecord(name, segment_id, is_add, tuple(identifiers))
+
+
+def salvage_identifiers(record: dict[str, Any]) -> list[str]:
+    """The digests of the well-formed identifier fields of a record that is invalid overall.
+
+    In mirror mode a skipped record's identifiers are "seen": neither added nor removed
+    because of it, so a bad field elsewhere in the row never removes a member.
+    """
+    digests = []
+    for field in IDENTIFIER_FIELDS:
+        value = record.get(field)
+        if isinstance(value, str) and value.strip():
+            digest = hash_identifier(field, value)
+            if digest is not None:
+                digests.append(digest)
+    return digests

@@ -16,8 +16,13 @@ from typing import TYPE_CHECKING, Any
 from singer_sdk.sinks import BatchSink
 
 from target_pinterest_audiences.client import TargetError
-from target_pinterest_audiences.identifiers import InvalidRecord, parse_record
-from target_pinterest_audiences.uploader import Batch, Report, Uploader
+from target_pinterest_audiences.identifiers import (
+    InvalidRecord,
+    parse_record,
+    salvage_identifiers,
+)
+from target_pinterest_audiences.report import Report
+from target_pinterest_audiences.uploader import Batch, Uploader
 
 if TYPE_CHECKING:
     from singer_sdk.sinks.core import BaseJSONSchemaValidator
@@ -37,8 +42,13 @@ class RecordFlow:
         identifiers_per_request: int,
         skip_invalid: bool,
         logger: logging.Logger,
+        mirror: bool = False,
     ) -> None:
         self.uploader = uploader
+        #: Mirror mode: a record without an action is a member, and a skipped record's
+        #: well-formed identifiers are kept as they are (see mirror.py).
+        self.mirror = mirror
+        self.default_action: bool | None = True if mirror else None
         self.report = report
         self.per_request = identifiers_per_request
         self.skip_invalid = skip_invalid
@@ -49,15 +59,17 @@ class RecordFlow:
         self.open = Batch()
 
     def add(self, record: dict[str, Any], stream: str) -> None:
-        if len(self.open.ops) >= self.per_request:
+        if len(self.open.ops) + len(self.open.keeps) >= self.per_request:
             # The open batch is full: it is complete whatever this record turns out to be.
             self.cut()
         self.record_number += 1
         self.report.records_received += 1
         try:
-            parsed = parse_record(record)
+            parsed = parse_record(record, self.default_action)
         except InvalidRecord as exc:
             self._invalid(exc, stream)
+            if self.mirror:
+                self.open.keeps.extend(salvage_identifiers(record))
             return
         segment = (parsed.segment_name, parsed.segment_id)
         if self.segment is None:
@@ -86,7 +98,7 @@ class RecordFlow:
         if self.uploader.error is not None:
             raise _as_target_error(self.uploader.error)
         batch = self.open
-        if not batch.ops and batch.state_after is None:
+        if not batch.ops and not batch.keeps and batch.state_after is None:
             return
         if not batch.ops:
             batch.last_record = self.record_number

@@ -32,21 +32,25 @@ from singer_sdk.target_base import Target
 
 from target_pinterest_audiences.client import PinterestClient, RetryPolicy, TargetError
 from target_pinterest_audiences.reader import SafeSingerReader
+from target_pinterest_audiences.report import Report
 from target_pinterest_audiences.sink import AudienceSink, RecordFlow
+from target_pinterest_audiences.snapshot import SnapshotStore
 from target_pinterest_audiences.tokens import (
     AuthError,
     TokenManager,
     TokenStore,
     default_token_cache_path,
 )
-from target_pinterest_audiences.uploader import MIN_AUDIENCE_SIZE, Report, Uploader
+from target_pinterest_audiences.uploader import Uploader
+from target_pinterest_audiences.writer import MIN_AUDIENCE_SIZE
 
 if t.TYPE_CHECKING:
     from types import FrameType
 
 DEFAULT_API_URL = "https://api.pinterest.com/v5"
-SECRET_SETTINGS = ("access_token", "refresh_token", "client_id", "client_secret")
+SECRET_SETTINGS = ("access_token", "refresh_token", "client_id", "client_secret", "snapshot_url")
 LIST_TYPES = ("auto", "EMAIL", "IDFA", "MAID")
+SYNC_MODES = ("events", "mirror")
 PINTEREST_ID = r"^[0-9]{1,18}$"
 
 
@@ -164,6 +168,60 @@ class TargetPinterestAudiences(Target):
             description=(
                 "Validate, normalize, hash and report what would be created, added and removed, "
                 "without any write request."
+            ),
+        ),
+        th.Property(
+            "sync_mode",
+            th.StringType(allowed_values=list(SYNC_MODES)),
+            default="events",
+            title="Sync mode",
+            description=(
+                "events: every record says add or remove, and exactly that is sent. mirror: "
+                "the records of a run are the whole audience (action optional; 'remove' means "
+                "not a member); after the input was read completely, members no longer in the "
+                "source are removed, and only the difference from the snapshot is sent."
+            ),
+        ),
+        th.Property(
+            "snapshot_path",
+            th.StringType,
+            title="Snapshot directory",
+            description=(
+                "Directory of the snapshot files (SQLite, one per ad account and Customer "
+                "List): the identifiers Pinterest confirmed, which mirror runs diff against. "
+                "Default: $XDG_STATE_HOME/target-pinterest-audiences, else "
+                "~/.local/state/target-pinterest-audiences."
+            ),
+        ),
+        th.Property(
+            "snapshot_url",
+            th.StringType,
+            secret=True,
+            title="Snapshot database URL",
+            description=(
+                "A SQLAlchemy URL of a PostgreSQL database to keep the snapshot in instead of "
+                "files (for runners without a persistent disk), e.g. "
+                "postgresql://user:password@host:5432/db. Needs the postgres extra."
+            ),
+        ),
+        th.Property(
+            "max_removal_fraction",
+            th.NumberType(minimum=0, maximum=1),
+            default=0.2,
+            title="Max removal fraction",
+            description=(
+                "Mirror mode: when a run would remove more than this fraction of the "
+                "snapshot's members, it adds, removes nothing, and exits non-zero saying so."
+            ),
+        ),
+        th.Property(
+            "allow_large_removal",
+            th.BooleanType,
+            default=False,
+            title="Allow large removal",
+            description=(
+                "Mirror mode: let one run remove more than max_removal_fraction of the "
+                "members (or all of them, for an empty source). Set it for one run only."
             ),
         ),
         th.Property(
@@ -332,12 +390,26 @@ class TargetPinterestAudiences(Target):
         for unknown in sorted(set(config) - known):
             self.logger.warning("Ignoring unknown setting '%s' (a typo?)", unknown)
         self.dry_run = bool(config.get("dry_run"))
+        self.sync_mode = config.get("sync_mode") or "events"
+        #: Set once the end of input was handled: nothing more to write or report.
+        self.finished = False
         self.report = Report(
             ad_account_id=config["ad_account_id"],
             audience_name=config.get("audience_name"),
             dry_run=self.dry_run,
+            sync_mode=self.sync_mode,
         )
         self.client = self._make_client()
+        self.store = SnapshotStore(
+            ad_account_id=config["ad_account_id"],
+            directory=config.get("snapshot_path"),
+            url=config.get("snapshot_url"),
+            logger=self.logger,
+        )
+        if not self.dry_run:
+            # Two runs on one audience at once would corrupt its snapshot: the second stops.
+            audience = config.get("audience_id") or config.get("audience_name")
+            self.store.lock(f"audience-{audience}", f"Audience {audience!r}")
         self.uploader = Uploader(
             client=self.client,
             ad_account_id=config["ad_account_id"],
@@ -352,6 +424,10 @@ class TargetPinterestAudiences(Target):
             logger=self.logger,
             checkpoint_seconds=float(config.get("checkpoint_interval_seconds", 60)),
             concurrent_writes=int(config.get("max_concurrent_writes", 4)),
+            store=self.store,
+            sync_mode=self.sync_mode,
+            max_removal_fraction=float(config.get("max_removal_fraction", 0.2)),
+            allow_large_removal=bool(config.get("allow_large_removal")),
         )
         self.flow = RecordFlow(
             uploader=self.uploader,
@@ -359,6 +435,7 @@ class TargetPinterestAudiences(Target):
             identifiers_per_request=int(config.get("identifiers_per_request", 10_000)),
             skip_invalid=config.get("on_invalid_record", "fail") == "skip",
             logger=self.logger,
+            mirror=self.sync_mode == "mirror",
         )
         self.uploader.check_audience()
         self.uploader.start()
@@ -460,6 +537,19 @@ class TargetPinterestAudiences(Target):
             self.drain_one(sink)
         self._handle_max_record_age()
 
+    def _process_activate_version_message(self, message_dict: dict) -> None:
+        """Accepted and ignored in both modes: taps send it at the START of a full-table
+        sync, and a mirror run removes only at the end of its input, whatever the version."""
+        self._assert_line_requires(message_dict, requires={"stream", "version"})
+        if not getattr(self, "_activate_version_seen", False):
+            self._activate_version_seen = True
+            self.logger.info(
+                "ACTIVATE_VERSION received (a full-table sync): nothing to do; %s",
+                "mirror mode removes members the source no longer holds at the end of the input"
+                if self.sync_mode == "mirror"
+                else "events mode applies each record's action",
+            )
+
     def _process_state_message(self, message_dict: dict) -> None:
         """Never echo tap state at once: it waits until its records are written."""
         self._assert_line_requires(message_dict, requires={"value"})
@@ -485,19 +575,24 @@ class TargetPinterestAudiences(Target):
     def process_endofpipe(self) -> None:
         super().process_endofpipe()
         self.flow.cut()
-        self.uploader.finish()
+        self.uploader.finish(complete=True)
         if self.uploader.error is not None:
             err = self.uploader.error
             raise (
                 err if isinstance(err, TargetError) else TargetError(f"{type(err).__name__}: {err}")
             )
-        self.report.complete = True
+        held = self.uploader.held_message
+        self.report.complete = held is None
         try:
             self.uploader.report_ids_without_records()
         except TargetError as exc:  # only a report: never fail a finished run for it
             self.logger.warning("Could not look up the audience for the report: %s", exc)
+        self.finished = True
         self._emit_state(self.uploader.state_line())
         self._log_summary()
+        self.uploader.close()
+        if held is not None:
+            raise TargetError(held)
         if self.report.segment_name and not self.report.segment_id and not self.dry_run:
             self.logger.warning(
                 "No Customer List named %r exists and this run had no adds to create it with: "
@@ -506,10 +601,13 @@ class TargetPinterestAudiences(Target):
             )
 
     def stop_after_error(self) -> None:
-        """After a fatal error: write what precedes it, checkpoint, and report."""
+        """After a fatal error: write what precedes it (never a removal), checkpoint, report."""
+        if self.finished:
+            return  # the end of input was handled; the error came after its STATE
+        self.finished = True
         self.flow.discard_open()
         if self.uploader.error is None:
-            self.uploader.finish()
+            self.uploader.finish(complete=False)
         else:
             self.uploader.abort()
         self._emit_state(self.uploader.state_line())
@@ -555,6 +653,34 @@ class TargetPinterestAudiences(Target):
             r.requests,
             r.retries,
         )
+        if r.sync_mode == "mirror":
+            held = (
+                f"{r.removals_held_back} ({r.removals_held_back_reason})"
+                if r.removals_held_back
+                else "0"
+            )
+            self.logger.info(
+                "%s mirror sync: members in source %d, unchanged %d (no request), %s %d, "
+                "%s %d, removals held back %s; snapshot %s (%s)",
+                prefix,
+                r.members_in_source,
+                r.unchanged,
+                "would add" if self.dry_run else "added",
+                r.identifiers_added,
+                "would remove" if self.dry_run else "removed",
+                r.identifiers_removed,
+                held,
+                r.snapshot or "new",
+                self.store.where,
+            )
+            if r.complete and r.members_in_source < MIN_AUDIENCE_SIZE and not r.removals_held_back:
+                self.logger.warning(
+                    "The source holds %d members: Pinterest needs at least %d matched users "
+                    "before an Audience can be targeted (matching takes 24-48 hours)",
+                    r.members_in_source,
+                    MIN_AUDIENCE_SIZE,
+                )
+            return
         distinct = len(self.uploader.distinct_added)
         if r.records_received and distinct < MIN_AUDIENCE_SIZE:
             self.logger.warning(

@@ -93,6 +93,15 @@ class Run:
         return self.states[-1]["pinterest_audience"]
 
 
+@pytest.fixture(autouse=True)
+def isolated_state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Snapshots (and anything else under $XDG_STATE_HOME) stay in the test's directory,
+    for the target processes the test starts too."""
+    state_home = tmp_path / "xdg-state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state_home))
+    return state_home
+
+
 @pytest.fixture
 def emulator() -> Iterator[Emulator]:
     emu = Emulator(

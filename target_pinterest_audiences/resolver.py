@@ -1,0 +1,283 @@
+"""Which Customer List and Audience a run writes to: adopt, check, or create them.
+
+Re-runs must never make a second list or audience, so everything is looked up by name
+(every page: Pinterest has no name filter) before anything is created, and a create
+whose answer was lost is looked for before it is tried again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from target_pinterest_audiences.client import (
+    AmbiguousWrite,
+    Interrupted,
+    PinterestAPIError,
+    PinterestClient,
+    RequestTooLarge,
+    TargetError,
+)
+from target_pinterest_audiences.report import Report
+
+#: Stands for the list a dry run would have created, so later batches count as updates.
+DRY_RUN_NEW_LIST = "(new)"
+#: After an unanswered create, how long (beyond one request timeout) to look for it.
+CREATE_SETTLE_SECONDS = 5.0
+
+
+class Resolver:
+    """Finds, checks and creates the Customer List and the Audience of this run."""
+
+    def __init__(
+        self,
+        *,
+        client: PinterestClient | None,
+        ad_account_id: str,
+        audience_name: str | None,
+        audience_id: str | None,
+        audience_description: str | None,
+        list_type: str,
+        dry_run: bool,
+        report: Report,
+        logger: logging.Logger,
+    ) -> None:
+        self.client = client
+        self.account = ad_account_id
+        self.audience_name = audience_name
+        self.audience_id = audience_id
+        self.audience_description = audience_description
+        self.list_type = list_type
+        self.dry_run = dry_run
+        self.report = report
+        self.logger = logger
+        self.list_id: str | None = None
+        #: Whether the records' segment was resolved (done before the first write).
+        self.resolved = False
+        #: The list named by the rule of the audience_id setting's Audience.
+        self.audience_rule_list: str | None = None
+
+    def check_audience(self) -> None:
+        """With audience_id: read the audience first; its rule names the list to update."""
+        if not self.audience_id or self.client is None:
+            return
+        path = f"/ad_accounts/{self.account}/audiences/{self.audience_id}"
+        try:
+            audience = self.client.request("GET", path)
+        except PinterestAPIError as exc:
+            if exc.status == 404:
+                raise TargetError(
+                    f"audience_id {self.audience_id}: no such Audience in ad account "
+                    f"{self.account} (HTTP 404, x-pinterest-rid {exc.rid}); fix the audience_id "
+                    "setting or remove it to create one"
+                ) from None
+            raise
+        rule = audience.get("rule") or {}
+        list_id = rule.get("customer_list_id")
+        if audience.get("audience_type") != "CUSTOMER_LIST" or not list_id:
+            raise TargetError(
+                f"audience_id {self.audience_id} is a {audience.get('audience_type')} audience, "
+                "not a CUSTOMER_LIST audience: it has no Customer List to update"
+            )
+        self.audience_rule_list = str(list_id)
+        self.report.audience_id = self.audience_id
+        self.report.segment_id = self.audience_rule_list
+        self.logger.info(
+            "Audience %s uses Customer List %s", self.audience_id, self.audience_rule_list
+        )
+
+    def resolve(self, segment_name: str, segment_id: str | None) -> None:
+        """Decide which list and audience this run writes to, before its first write."""
+        self.resolved = True
+        self.report.segment_name = segment_name
+        if self.audience_rule_list and segment_id and segment_id != self.audience_rule_list:
+            raise TargetError(
+                f"the records name Customer List {segment_id} (segment_id) but Audience "
+                f"{self.audience_id} references Customer List {self.audience_rule_list}; an "
+                "Audience references exactly one Customer List: drop segment_id from the "
+                "records or set the audience_id of that list's audience. Nothing was written"
+            )
+        self.list_id = segment_id or self.audience_rule_list
+        if self.client is None:
+            self.report.segment_id = self.list_id
+            return
+        if self.list_id:
+            existing = self._get_list(self.list_id)
+            if existing.get("name") not in (None, segment_name):
+                self.logger.warning(
+                    "Customer List %s is named %r, not %r (segment_name): updating it anyway, "
+                    "as segment_id or audience_id say",
+                    self.list_id,
+                    existing.get("name"),
+                    segment_name,
+                )
+        else:
+            found = self._find("customer_lists", lambda item: item.get("name") == segment_name)
+            if len(found) > 1:
+                raise TargetError(
+                    f"{len(found)} Customer Lists in ad account {self.account} are named "
+                    f"{segment_name!r} (ids {', '.join(found)}); set segment_id in the records "
+                    "to say which one to update"
+                )
+            if found:
+                self.list_id = found[0]
+                self.logger.info(
+                    "Adopting existing Customer List %s named %r", self.list_id, segment_name
+                )
+        self.report.segment_id = self.list_id
+        if self.list_id and not self.audience_id:
+            self.ensure_audience()
+
+    def list_of_audience(self) -> str | None:
+        """For a run without records: the list of the audience_id setting's Audience, or of
+        the one CUSTOMER_LIST Audience named audience_name (a single read), and report the ids.
+        """
+        if self.audience_rule_list or self.client is None:
+            return self.audience_rule_list
+        if self.resolved or self.audience_id or not self.audience_name:
+            return self.list_id
+        found = [
+            item
+            for item in self.client.paginate(f"/ad_accounts/{self.account}/audiences")
+            if item.get("name") == self.audience_name
+            and item.get("audience_type") == "CUSTOMER_LIST"
+        ]
+        if len(found) != 1:
+            return None
+        self.report.audience_id = str(found[0]["id"])
+        list_id = (found[0].get("rule") or {}).get("customer_list_id")
+        self.report.segment_id = str(list_id) if list_id else None
+        return self.report.segment_id
+
+    def _get_list(self, list_id: str) -> dict[str, Any]:
+        assert self.client is not None
+        try:
+            return self.client.request(
+                "GET", f"/ad_accounts/{self.account}/customer_lists/{list_id}"
+            )
+        except PinterestAPIError as exc:
+            if exc.status == 404:
+                raise TargetError(
+                    f"segment_id {list_id}: no such Customer List in ad account {self.account} "
+                    f"(HTTP 404, x-pinterest-rid {exc.rid}); fix segment_id in the records or "
+                    "drop it to create the list by segment_name"
+                ) from None
+            raise
+
+    def _find(self, kind: str, match: Callable[[dict[str, Any]], bool]) -> list[str]:
+        """Ids of every item of a list endpoint that matches (Pinterest has no name filter)."""
+        assert self.client is not None
+        path = f"/ad_accounts/{self.account}/{kind}"
+        return [str(item["id"]) for item in self.client.paginate(path) if match(item)]
+
+    def _audience_matches(self, item: dict[str, Any]) -> bool:
+        rule = item.get("rule") or {}
+        return (
+            item.get("name") == self.audience_name
+            and item.get("audience_type") == "CUSTOMER_LIST"
+            and str(rule.get("customer_list_id")) == self.list_id
+        )
+
+    def ensure_audience(self) -> None:
+        """Adopt the CUSTOMER_LIST audience of this name and list, or create it."""
+        assert self.client is not None and self.list_id
+        found = self._find("audiences", self._audience_matches)
+        if len(found) > 1:
+            raise TargetError(
+                f"{len(found)} Audiences named {self.audience_name!r} use Customer List "
+                f"{self.list_id} (ids {', '.join(found)}); set audience_id to say which one"
+            )
+        if found:
+            self.audience_id = found[0]
+            self.logger.info("Adopting existing Audience %s", self.audience_id)
+        elif self.dry_run:
+            self.logger.info("Dry run: would create Audience %r", self.audience_name)
+            return
+        else:
+            body: dict[str, Any] = {
+                "name": self.audience_name,
+                "audience_type": "CUSTOMER_LIST",
+                "rule": {"customer_list_id": self.list_id},
+            }
+            if self.audience_description:
+                body["description"] = self.audience_description
+            created = self._create("audiences", body, self._audience_matches)
+            self.audience_id = created
+            self.report.audience_created = True
+            self.logger.info("Created Audience %s for Customer List %s", created, self.list_id)
+        self.report.audience_id = self.audience_id
+
+    def new_list_type(self, kinds: set[str]) -> str:
+        """The list_type of a list created now from identifiers of these kinds."""
+        if self.list_type != "auto":
+            return self.list_type
+        if kinds == {"maid"}:
+            return "MAID"
+        if kinds == {"idfa"}:
+            return "IDFA"
+        return "EMAIL"
+
+    def create_list(self, adds: list[str], kinds: set[str], per_request: int) -> int:
+        """Create the list with the first adds, then its audience; returns how many of
+        `adds` the create carried (fewer when Pinterest refused the request as too large)."""
+        name = self.report.segment_name
+        if self.dry_run or self.client is None:
+            self.logger.info(
+                "Dry run: would create Customer List %r and Audience %r", name, self.audience_name
+            )
+            self.list_id = DRY_RUN_NEW_LIST
+            return len(adds)
+        first = adds[:per_request]
+        while True:
+            list_type = self.new_list_type(kinds)
+            body = {"name": name, "records": ",".join(first), "list_type": list_type}
+            try:
+                self.list_id = self._create(
+                    "customer_lists", body, lambda item: item.get("name") == name
+                )
+                break
+            except RequestTooLarge:
+                if len(first) == 1:
+                    raise
+                first = first[: len(first) // 2]
+                self.logger.warning(
+                    "Pinterest refused the request as too large; sending at most %d identifiers "
+                    "per request from now on",
+                    len(first),
+                )
+        self.report.list_created = True
+        self.report.segment_id = self.list_id
+        self.logger.info("Created Customer List %s named %r", self.list_id, name)
+        if not self.audience_id:
+            self.ensure_audience()
+        return len(first)
+
+    def _create(
+        self, kind: str, body: dict[str, Any], match: Callable[[dict[str, Any]], bool]
+    ) -> str:
+        """POST a create; when its outcome is unknown, look before creating again."""
+        assert self.client is not None
+        path = f"/ad_accounts/{self.account}/{kind}"
+        deadline = self.client.deadline()
+        while True:
+            try:
+                answer = self.client.request(
+                    "POST", path, json=body, idempotent=False, deadline=deadline
+                )
+                return str(answer["id"])
+            except AmbiguousWrite as exc:
+                # A create that timed out may still be running on Pinterest's side: keep
+                # looking for a while (longer than one request may take) before creating again.
+                look_until = time.monotonic() + self.client.timeout + CREATE_SETTLE_SECONDS
+                while True:
+                    found = self._find(kind, match)
+                    if found:
+                        self.logger.warning("%s; it was, adopting %s", exc, found[0])
+                        return found[0]
+                    if time.monotonic() >= min(look_until, deadline):
+                        break
+                    if self.client.stop_event.wait(1.0):
+                        raise Interrupted(f"stopped while checking {path}") from None
+                self.logger.warning("%s; it was not, creating again", exc)

@@ -1,0 +1,494 @@
+"""The snapshot: which identifiers Pinterest confirmed as members of each Customer List.
+
+Pinterest keeps only the matched accounts of a list and deletes the uploaded records after
+matching, so nobody, not even Pinterest, can say which identifiers a list holds. To sync a
+list by difference (mirror mode) the target keeps its own record, per ad account and
+Customer List: every identifier Pinterest confirmed as added and not later removed. It is
+changed only by confirmed writes, in both sync modes.
+
+Crash safety: before a write is sent its identifiers are journaled (one row per request);
+when Pinterest confirms it, the members change and the journal row goes, in one
+transaction. A journal row found when a snapshot is opened belongs to a write whose answer
+was lost (a kill, a crash): its identifiers become *in doubt*, kept but never claimed as
+members, so the next mirror run sends them again with the action the source asks for.
+
+Where: SQLite files (the default, one per ad account and list, under `snapshot_path`) or
+one PostgreSQL database (`snapshot_url`, a SQLAlchemy URL). The same SQL serves both
+through DB-API connections. Locks keep two runs off one list: a file lock (flock) beside
+the SQLite files, a session advisory lock in PostgreSQL; both die with the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from target_pinterest_audiences.client import TargetError
+
+try:  # POSIX only; elsewhere runs are not locked against each other (said in a warning).
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+#: List types whose identifiers are sent as given (not hex digests): kept as UTF-8 text.
+TEXT_KEY_LIST_TYPES = frozenset({"LR_ID", "DLX_ID"})
+#: Rows per statement when looking identifiers up (SQLite's limit is 32,766 variables).
+LOOKUP_CHUNK = 1000
+#: Members per page when the snapshot is read in key order.
+PAGE_SIZE = 5000
+
+_LISTS = "pinterest_audience_snapshot_lists"
+_MEMBERS = "pinterest_audience_snapshot_members"
+_JOURNAL = "pinterest_audience_snapshot_journal"
+
+_SQLITE_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {_LISTS} (list_key INTEGER PRIMARY KEY, ad_account_id TEXT "
+    "NOT NULL, list_id TEXT NOT NULL, list_type TEXT, created_at TEXT NOT NULL, "
+    "UNIQUE (ad_account_id, list_id))",
+    f"CREATE TABLE IF NOT EXISTS {_MEMBERS} (list_key INTEGER NOT NULL, h BLOB NOT NULL, "
+    "confirmed INTEGER NOT NULL, PRIMARY KEY (list_key, h)) WITHOUT ROWID",
+    f"CREATE TABLE IF NOT EXISTS {_JOURNAL} (entry INTEGER PRIMARY KEY, list_key INTEGER NOT "
+    "NULL, op TEXT NOT NULL, records TEXT NOT NULL)",
+)
+_POSTGRES_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {_LISTS} (list_key BIGSERIAL PRIMARY KEY, ad_account_id TEXT "
+    "NOT NULL, list_id TEXT NOT NULL, list_type TEXT, created_at TEXT NOT NULL, "
+    "UNIQUE (ad_account_id, list_id))",
+    f"CREATE TABLE IF NOT EXISTS {_MEMBERS} (list_key BIGINT NOT NULL, h BYTEA NOT NULL, "
+    "confirmed SMALLINT NOT NULL, PRIMARY KEY (list_key, h))",
+    f"CREATE TABLE IF NOT EXISTS {_JOURNAL} (entry BIGSERIAL PRIMARY KEY, list_key BIGINT NOT "
+    "NULL, op TEXT NOT NULL, records TEXT NOT NULL)",
+)
+
+
+class SnapshotError(TargetError):
+    """The snapshot store cannot be used; the message says which store and what to do."""
+
+
+class SnapshotBusy(SnapshotError):
+    """Another run holds the lock of this audience or list."""
+
+
+def default_snapshot_dir() -> Path:
+    """Under $XDG_STATE_HOME (else ~/.local/state): state the user keeps, not a cache."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "target-pinterest-audiences"
+
+
+def describe_url(url: str) -> str:
+    """A store URL for logs: the password is never shown."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+class KeyCodec:
+    """Identifiers as stored: hex digests as their bytes (half the size), others as UTF-8."""
+
+    def __init__(self, list_type: str | None) -> None:
+        self.text = list_type in TEXT_KEY_LIST_TYPES
+        self.encode: Callable[[str], bytes] = str.encode if self.text else bytes.fromhex
+        self.decode: Callable[[bytes], str] = bytes.decode if self.text else bytes.hex
+
+
+class SnapshotStore:
+    """Where the snapshots of one ad account live; hands out one Snapshot per list."""
+
+    def __init__(
+        self,
+        *,
+        ad_account_id: str,
+        logger: logging.Logger,
+        directory: str | Path | None = None,
+        url: str | None = None,
+    ) -> None:
+        self.ad_account_id = ad_account_id
+        self.logger = logger
+        self.url = url or None
+        self.directory = Path(directory).expanduser() if directory else default_snapshot_dir()
+        self._lock_files: list[int] = []
+        self._pg_lock_conn: Any = None
+        self._pg_engine: Any = None
+        self._pg_ready = False
+
+    @property
+    def where(self) -> str:
+        return describe_url(self.url) if self.url else str(self.directory)
+
+    # ---- locks -----------------------------------------------------------------------
+
+    def lock(self, name: str, what: str) -> None:
+        """Hold an exclusive lock named `name` until the process ends, or raise SnapshotBusy.
+
+        `what` says in the error which thing is busy (an audience, a Customer List).
+        """
+        busy = SnapshotBusy(
+            f"another run is syncing {what} of ad account {self.ad_account_id} right now (its "
+            f"lock is held in the snapshot store {self.where}); two runs on one list at once "
+            "would corrupt its snapshot. Wait for the other run to finish, then run again"
+        )
+        if self.url:
+            if not self._pg_try_lock(name):
+                raise busy
+            return
+        if fcntl is None:  # pragma: no cover - Windows
+            self.logger.warning("No file locks on this system: parallel runs are not prevented")
+            return
+        self._make_directory()
+        path = self.directory / f"{self._file_stem(name)}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise busy from None
+        self._lock_files.append(fd)
+
+    def _file_stem(self, name: str) -> str:
+        """A file name for a lock or a list: readable, safe, and unique per name."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60]
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        return f"{self.ad_account_id}-{safe}-{digest}"
+
+    def _make_directory(self) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise SnapshotError(
+                f"cannot create the snapshot directory {self.directory} ({type(exc).__name__}); "
+                "set snapshot_path to a writable directory, or snapshot_url to a PostgreSQL "
+                "database"
+            ) from None
+
+    # ---- snapshots -------------------------------------------------------------------
+
+    def open(
+        self, list_id: str, *, list_type: str | None = None, readonly: bool = False
+    ) -> Snapshot | None:
+        """The snapshot of one list, created when missing (None if missing and readonly)."""
+        if self.url:
+            conn, paramstyle = self._pg_connect(), "pyformat"
+            if not self._pg_ready:
+                self._pg_ensure_tables(conn)
+        else:
+            path = self.directory / f"snapshot-{self.ad_account_id}-{list_id}.sqlite"
+            if readonly and not path.exists():
+                return None
+            self._make_directory()
+            conn, paramstyle = _sqlite_connect(path), "qmark"
+            for statement in _SQLITE_DDL:
+                conn.execute(statement)
+            conn.commit()
+        return Snapshot(
+            conn,
+            paramstyle=paramstyle,
+            ad_account_id=self.ad_account_id,
+            list_id=list_id,
+            list_type=list_type,
+            readonly=readonly,
+            logger=self.logger,
+        )
+
+    def close(self) -> None:
+        for fd in self._lock_files:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._lock_files.clear()
+        if self._pg_lock_conn is not None:
+            with contextlib.suppress(Exception):
+                self._pg_lock_conn.close()
+            self._pg_lock_conn = None
+
+    # ---- PostgreSQL ------------------------------------------------------------------
+
+    def _pg_connect(self) -> Any:
+        """A new DB-API connection from the SQLAlchemy URL (driver: psycopg by default)."""
+        if self._pg_engine is None:
+            try:
+                import sqlalchemy
+            except ImportError:  # pragma: no cover - singer-sdk brings it
+                raise SnapshotError("snapshot_url needs SQLAlchemy") from None
+            url = str(self.url)
+            if url.startswith(("postgresql://", "postgres://")):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            if not url.startswith("postgresql"):
+                raise SnapshotError(
+                    f"snapshot_url {describe_url(url)}: only PostgreSQL is supported "
+                    "(postgresql://user:password@host:5432/database)"
+                )
+            try:
+                self._pg_engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.NullPool)
+            except Exception as exc:
+                raise SnapshotError(
+                    f"snapshot_url {describe_url(url)} cannot be used ({type(exc).__name__}); "
+                    "install the driver with: pip install 'target-pinterest-audiences[postgres]'"
+                ) from None
+        try:
+            return self._pg_engine.raw_connection()
+        except Exception as exc:
+            raise SnapshotError(
+                f"cannot connect to the snapshot database {self.where} ({type(exc).__name__}); "
+                "check snapshot_url and that the database is reachable"
+            ) from None
+
+    def _pg_try_lock(self, name: str) -> bool:
+        if self._pg_lock_conn is None:
+            self._pg_lock_conn = self._pg_connect()
+            self._pg_lock_conn.autocommit = True
+        key = int.from_bytes(
+            hashlib.sha256(f"{self.ad_account_id}:{name}".encode()).digest()[:8], "big", signed=True
+        )
+        cursor = self._pg_lock_conn.cursor()
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+        (granted,) = cursor.fetchone()
+        return bool(granted)
+
+    def _pg_ensure_tables(self, conn: Any) -> None:
+        cursor = conn.cursor()
+        # CREATE TABLE IF NOT EXISTS races between sessions: serialize it.
+        cursor.execute("SELECT pg_advisory_xact_lock(7312649501)")
+        for statement in _POSTGRES_DDL:
+            cursor.execute(statement)
+        conn.commit()
+        self._pg_ready = True
+
+
+def _sqlite_connect(path: Path) -> Any:
+    import sqlite3
+
+    try:
+        fresh = not path.exists()
+        conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        if fresh:
+            os.chmod(path, 0o600)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: a commit survives the process being killed (not a power cut).
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+    except sqlite3.Error as exc:
+        raise SnapshotError(
+            f"the snapshot file {path} cannot be opened ({exc.__class__.__name__}: {exc}); "
+            "move it away to start a new snapshot (the next mirror run then removes nothing)"
+        ) from None
+
+
+class Snapshot:
+    """The confirmed members of one Customer List, and the journal of writes in flight.
+
+    Thread-safe: the writer thread looks identifiers up while request threads confirm.
+    """
+
+    def __init__(
+        self,
+        conn: Any,
+        *,
+        paramstyle: str,
+        ad_account_id: str,
+        list_id: str,
+        list_type: str | None,
+        readonly: bool,
+        logger: logging.Logger,
+    ) -> None:
+        self._conn = conn
+        self._sqlite = paramstyle == "qmark"
+        self._lock = threading.Lock()
+        self.list_id = list_id
+        self.readonly = readonly
+        self.logger = logger
+        with self._lock:
+            row = self._one(
+                f"SELECT list_key, list_type FROM {_LISTS} WHERE ad_account_id = ? AND list_id = ?",
+                (ad_account_id, list_id),
+            )
+            #: Whether this list had a snapshot before this run.
+            self.existed = row is not None
+            if row is None and not readonly:
+                created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                self._exec(
+                    f"INSERT INTO {_LISTS} (ad_account_id, list_id, list_type, created_at) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (ad_account_id, list_id) DO NOTHING",
+                    (ad_account_id, list_id, list_type, created),
+                )
+                row = self._one(
+                    f"SELECT list_key, list_type FROM {_LISTS} WHERE ad_account_id = ? AND "
+                    "list_id = ?",
+                    (ad_account_id, list_id),
+                )
+                self._conn.commit()
+            self._key: int = row[0] if row else -1
+            #: The list type the list was created with, when this store knows it.
+            self.list_type: str | None = (row[1] if row else None) or list_type
+            self._codec = KeyCodec(self.list_type)
+            self.in_doubt_recovered = 0 if readonly else self._recover()
+            #: Confirmed members when this run opened the snapshot (before its writes).
+            self.members_at_open = self._count()
+
+    # ---- SQL helpers (callers hold self._lock) ---------------------------------------
+
+    def _sql(self, statement: str) -> str:
+        return statement if self._sqlite else statement.replace("?", "%s")
+
+    def _exec(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        cursor = self._conn.cursor()
+        cursor.execute(self._sql(statement), tuple(params))
+        return cursor
+
+    def _many(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
+        rows = list(rows)
+        if rows:
+            self._conn.cursor().executemany(self._sql(statement), rows)
+
+    def _one(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        return self._exec(statement, params).fetchone()
+
+    def _count(self) -> int:
+        if self._key < 0:
+            return 0
+        row = self._one(
+            f"SELECT COUNT(*) FROM {_MEMBERS} WHERE list_key = ? AND confirmed = 1", (self._key,)
+        )
+        return int(row[0])
+
+    def _recover(self) -> int:
+        """Journal rows left by a run that died: their identifiers are now in doubt."""
+        entries = self._exec(
+            f"SELECT entry, records FROM {_JOURNAL} WHERE list_key = ?", (self._key,)
+        ).fetchall()
+        doubtful = 0
+        for entry, records in entries:
+            hashes = [h for h in records.split(",") if h]
+            self._mark_doubtful(hashes)
+            self._exec(f"DELETE FROM {_JOURNAL} WHERE entry = ?", (entry,))
+            doubtful += len(hashes)
+        self._conn.commit()
+        if doubtful:
+            self.logger.warning(
+                "Customer List %s: %d identifiers were being written when an earlier run "
+                "stopped without an answer; they are in doubt and will be sent again",
+                self.list_id,
+                doubtful,
+            )
+        return doubtful
+
+    def _mark_doubtful(self, hashes: Sequence[str]) -> None:
+        encode, key = self._codec.encode, self._key
+        self._many(
+            f"INSERT INTO {_MEMBERS} (list_key, h, confirmed) VALUES (?, ?, 0) "
+            "ON CONFLICT (list_key, h) DO UPDATE SET confirmed = 0",
+            [(key, encode(h)) for h in hashes],
+        )
+
+    # ---- the API the writer uses -----------------------------------------------------
+
+    @property
+    def codec(self) -> KeyCodec:
+        return self._codec
+
+    def confirmed(self, hashes: Sequence[str]) -> set[str]:
+        """Those of `hashes` that are confirmed members."""
+        if self._key < 0 or not hashes:
+            return set()
+        encode, decode = self._codec.encode, self._codec.decode
+        found: set[str] = set()
+        with self._lock:
+            for start in range(0, len(hashes), LOOKUP_CHUNK):
+                keys = [encode(h) for h in hashes[start : start + LOOKUP_CHUNK]]
+                if self._sqlite:
+                    marks = ",".join("?" * len(keys))
+                    cursor = self._exec(
+                        f"SELECT h FROM {_MEMBERS} WHERE list_key = ? AND confirmed = 1 "
+                        f"AND h IN ({marks})",
+                        (self._key, *keys),
+                    )
+                else:
+                    cursor = self._exec(
+                        f"SELECT h FROM {_MEMBERS} WHERE list_key = ? AND confirmed = 1 "
+                        "AND h = ANY(?)",
+                        (self._key, keys),
+                    )
+                found.update(decode(bytes(row[0])) for row in cursor.fetchall())
+        return found
+
+    def journal(self, operation: str, hashes: Sequence[str]) -> int:
+        """Before a write goes out: remember it, so a lost answer leaves it in doubt."""
+        with self._lock:
+            cursor = self._exec(
+                f"INSERT INTO {_JOURNAL} (list_key, op, records) VALUES (?, ?, ?)"
+                + ("" if self._sqlite else " RETURNING entry"),
+                (self._key, operation, ",".join(hashes)),
+            )
+            entry = cursor.lastrowid if self._sqlite else cursor.fetchone()[0]
+            self._conn.commit()
+            return int(entry)
+
+    def confirm(
+        self, entry: int | None, operation: str, applied: Sequence[str], doubtful: Sequence[str]
+    ) -> None:
+        """Pinterest confirmed a write: `applied` changed membership; `doubtful` were carried
+        by an attempt that timed out and may still land later, so they stay in doubt."""
+        encode, key = self._codec.encode, self._key
+        with self._lock:
+            if operation == "ADD":
+                self._many(
+                    f"INSERT INTO {_MEMBERS} (list_key, h, confirmed) VALUES (?, ?, 1) "
+                    "ON CONFLICT (list_key, h) DO UPDATE SET confirmed = 1",
+                    [(key, encode(h)) for h in applied],
+                )
+            else:
+                self._many(
+                    f"DELETE FROM {_MEMBERS} WHERE list_key = ? AND h = ?",
+                    [(key, encode(h)) for h in applied],
+                )
+            self._mark_doubtful(doubtful)
+            if entry is not None:
+                self._exec(f"DELETE FROM {_JOURNAL} WHERE entry = ?", (entry,))
+            self._conn.commit()
+
+    def count(self) -> int:
+        """Confirmed members now."""
+        with self._lock:
+            return self._count()
+
+    def pages(self) -> Iterator[list[tuple[bytes, bool]]]:
+        """Every member (key, confirmed) in key order, a page at a time.
+
+        Each page is a fresh query after the last key seen, so rows may be changed while
+        the pages are read.
+        """
+        if self._key < 0:
+            return
+        last = b""
+        while True:
+            with self._lock:
+                rows = self._exec(
+                    f"SELECT h, confirmed FROM {_MEMBERS} WHERE list_key = ? AND h > ? "
+                    f"ORDER BY h LIMIT {PAGE_SIZE}",
+                    (self._key, last),
+                ).fetchall()
+            if not rows:
+                return
+            page = [(bytes(h), bool(confirmed)) for h, confirmed in rows]
+            yield page
+            last = page[-1][0]
+
+    def set_list_type(self, list_type: str) -> None:
+        """Remember the kind a list was created with (Pinterest's answers do not say it)."""
+        if self.readonly or self._key < 0:
+            return
+        with self._lock:
+            self._exec(
+                f"UPDATE {_LISTS} SET list_type = ? WHERE list_key = ?", (list_type, self._key)
+            )
+            self._conn.commit()
+        self.list_type = list_type
+        self._codec = KeyCodec(list_type)
+
+    def close(self) -> None:
+        with self._lock, contextlib.suppress(Exception):
+            self._conn.close()
