@@ -27,11 +27,76 @@ ACTIONS = {"add": True, "remove": False}
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-#: One '@', a non-empty local part, a domain of at least two non-empty dot-separated labels,
-#: no whitespace anywhere (normalize_email's rule, as one pattern).
-_EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
 #: Pinterest ids are strings of at most 18 digits.
 _ID = re.compile(r"[0-9]{1,18}")
+
+# Emails. An address is valid when email_violation() finds no broken rule. parse_record first
+# tries _EMAIL_FAST on addresses of at most 64 characters: ASCII, an atext dot-atom local part,
+# letter-digit-hyphen domain labels and a top-level label that starts with a letter. At that
+# length no length limit can be reached, so everything it accepts passes every rule; only what
+# it does not accept meets the rules one by one (to name the rule, or to accept an
+# internationalized or longer address). Possessive quantifiers: no backtracking to pay for.
+_ATEXT = r"a-z0-9!#$%&'*+/=?^_`{|}~\-"  # RFC 5322 atext (ASCII); the value is lowercased
+_EMAIL_FAST = re.compile(
+    rf"[{_ATEXT}]++(?:\.[{_ATEXT}]++)*+"
+    r"@(?:[a-z0-9]++(?:-++[a-z0-9]++)*+\.)++[a-z][a-z0-9]*+(?:-++[a-z0-9]++)*+"
+)
+_EMAIL_FAST_MAX_LENGTH = 64
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc: C0, DEL, C1
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # not Unicode scalar values: no UTF-8 form
+_WHITESPACE = re.compile(r"\s")
+#: atext (ASCII letters either case, digits, the listed symbols) plus any non-ASCII character
+#: (RFC 6532), and dots; control characters and whitespace are ruled out before this is used.
+_LOCAL_PART = re.compile(rf"[A-Z{_ATEXT}.\u0080-\U0010ffff]+")
+#: A domain label: ASCII letters, digits and hyphens, or any non-ASCII character (IDN U-labels).
+_DOMAIN_LABEL = re.compile(r"[A-Za-z0-9\u0080-\U0010ffff-]+")
+_DIGITS = re.compile(r"[0-9]+")
+
+#: The highest lengths, in octets (RFC 5321 4.5.3.1, RFC 1035 2.3.4), see email_violation.
+MAX_EMAIL_OCTETS = 254
+MAX_LOCAL_PART_OCTETS = 64
+MAX_DOMAIN_OCTETS = 253
+MAX_LABEL_OCTETS = 63
+
+# Values that are well formed but stand for no one: uploading them matches nobody, or
+# everybody who opted out. They are rejected with a reason of their own.
+#: The advertising id iOS and Android report when the user limits ad tracking.
+ZEROED_DEVICE_ID = "00000000-0000-0000-0000-000000000000"
+#: What an upstream pipeline hashes when it hashes a missing value: the empty string and the
+#: usual spellings of null (SQL, JSON, Python, pandas, JavaScript), lowercase, UPPER and Title.
+PLACEHOLDER_VALUES: tuple[str, ...] = (
+    "",
+    *(v for w in ("null", "none", "nan", "undefined") for v in (w, w.upper(), w.title())),
+    "NaN",
+)
+_ZEROED_DEVICE_ID_RULE = (
+    "is the all-zero advertising id, which a device reports when its user limits ad "
+    "tracking: it stands for every opted-out user, not one person, and is never uploaded"
+)
+_ZEROED_DIGEST_RULE = (
+    "is the SHA-256 of the all-zero advertising id (a device whose user limits ad tracking): "
+    "it stands for every opted-out user, not one person, and is never uploaded"
+)
+#: Normalized value -> (skip reason, rule text) for the well-formed values that never match.
+#: A raw device id is looked up as itself, a pre-hashed value as its digest; whatever the
+#: field, the reason says what the value is: the zeroed id (or its SHA-256, with or without
+#: hyphens) is zeroed_device_id, the SHA-256 of a placeholder is hash_of_empty_value.
+_NEVER_MATCHING: dict[str, tuple[str, str]] = {
+    ZEROED_DEVICE_ID: ("zeroed_device_id", _ZEROED_DEVICE_ID_RULE),
+    **{
+        hashlib.sha256(zeroed.encode()).hexdigest(): ("zeroed_device_id", _ZEROED_DIGEST_RULE)
+        for zeroed in (ZEROED_DEVICE_ID, ZEROED_DEVICE_ID.replace("-", ""))
+    },
+    **{
+        hashlib.sha256(placeholder.encode()).hexdigest(): (
+            "hash_of_empty_value",
+            "is the SHA-256 of "
+            + (f"the string '{placeholder}'" if placeholder else "the empty string")
+            + ", what a pipeline produces when it hashes a missing value: it matches no one",
+        )
+        for placeholder in PLACEHOLDER_VALUES
+    },
+}
 
 #: The JSON schema the target applies to every record, whatever SCHEMA the tap sends.
 #: It documents the contract (tests check that it agrees with parse_record); the checks below
@@ -79,43 +144,93 @@ def sha256_hex(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
-def normalize_email(value: str) -> str | None:
-    """Trim and lowercase an email; None when it is not a plausible address.
+def email_violation(email: str) -> str | None:
+    """The first rule a trimmed, lowercased email breaks (as text, never quoting it), or None.
 
-    Plausible: exactly one '@', a non-empty local part, a domain of at least two
-    non-empty dot-separated labels, and no whitespace inside. No provider-specific
-    rewriting (such as removing Gmail dots): Pinterest does not ask for it.
+    Only addresses a mail server accepts can match anyone: an unquoted RFC 5322 dot-atom local
+    part (atext and single inner dots; UTF-8 allowed, RFC 6532), '@', and a domain of at least
+    two labels of letters, digits and hyphens (non-ASCII allowed: IDN) with no hyphen at either
+    end and a top-level label that is not all digits. Nothing is repaired: `<a@b.com>` and
+    `mailto:a@b.com` are rejected, not stripped. Lengths are octets, as the RFCs count them:
+    the address and its local part in UTF-8 (RFC 5321, RFC 6531), domain labels and the domain
+    in their DNS (ASCII) form, a non-ASCII label as its Punycode A-label `xn--...` (RFC 1035).
+    """
+    if _CONTROL.search(email):
+        return "it holds a control character"
+    if _SURROGATE.search(email):
+        return "it is not valid Unicode (it holds a lone surrogate)"
+    if _WHITESPACE.search(email):
+        return "it holds whitespace"
+    if email.count("@") != 1:
+        return "it must hold exactly one '@'"
+    if len(email.encode("utf-8")) > MAX_EMAIL_OCTETS:
+        return f"it is longer than {MAX_EMAIL_OCTETS} octets (UTF-8), the SMTP limit"
+    local, _, domain = email.partition("@")
+    if not local:
+        return "its local part (before the '@') is empty"
+    if len(local.encode("utf-8")) > MAX_LOCAL_PART_OCTETS:
+        return f"its local part is longer than {MAX_LOCAL_PART_OCTETS} octets (UTF-8)"
+    if local[0] == "." or local[-1] == "." or ".." in local:
+        return "its local part starts or ends with a dot or holds two dots in a row"
+    if not _LOCAL_PART.fullmatch(local):
+        return (
+            "its local part holds a character outside RFC 5322 atext (letters, digits, "
+            "!#$%&'*+-/=?^_`{|}~ and non-ASCII) and dots; quoted local parts are not accepted"
+        )
+    if not domain:
+        return "its domain (after the '@') is empty"
+    labels = domain.split(".")
+    if len(labels) < 2:
+        return "its domain needs at least two dot-separated labels (like example.com)"
+    if "" in labels:
+        return "its domain has an empty label (a leading, trailing or double dot)"
+    for label in labels:
+        if not _DOMAIN_LABEL.fullmatch(label):
+            return "a domain label holds a character other than letters, digits and hyphens"
+        if label[0] == "-" or label[-1] == "-":
+            return "a domain label starts or ends with a hyphen"
+    ascii_labels = [
+        label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii")
+        for label in labels
+    ]
+    if any(len(label) > MAX_LABEL_OCTETS for label in ascii_labels):
+        return f"a domain label is longer than {MAX_LABEL_OCTETS} octets (in its ASCII form)"
+    if len(".".join(ascii_labels)) > MAX_DOMAIN_OCTETS:
+        return f"its domain is longer than {MAX_DOMAIN_OCTETS} octets (in its ASCII form)"
+    if _DIGITS.fullmatch(labels[-1]):
+        return "its top-level domain is all digits (an IP address is not a mail domain)"
+    return None
+
+
+def normalize_email(value: str) -> str | None:
+    """Trim and lowercase an email; None when no mail server would accept it.
+
+    The rules are email_violation's. No provider-specific rewriting (such as removing Gmail
+    dots): Pinterest does not ask for it.
     """
     email = value.strip().lower()
-    return email if _EMAIL.fullmatch(email) else None
+    return email if email_violation(email) is None else None
 
 
 def normalize_device_id(value: str) -> str | None:
-    """Trim and lowercase a MAID or IDFA; None unless it is a UUID in 8-4-4-4-12 form."""
+    """Trim and lowercase a MAID or IDFA; None unless a UUID in 8-4-4-4-12 form, not all zero."""
     device_id = value.strip().lower()
-    return device_id if _UUID.fullmatch(device_id) else None
+    ok = _UUID.fullmatch(device_id) and device_id not in _NEVER_MATCHING
+    return device_id if ok else None
 
 
 def normalize_sha256(value: str) -> str | None:
-    """Trim and lowercase a pre-hashed value; None unless it is 64 hex characters."""
-    digest = value.strip().lower()
-    return digest if _SHA256_HEX.fullmatch(digest) else None
+    """Trim and lowercase a pre-hashed value; None unless 64 hex characters that can match.
 
-
-def hash_identifier(field: str, value: str) -> str | None:
-    """The SHA-256 hex digest to send for one identifier field, or None if malformed.
-
-    Pre-hashed fields are passed through lowercased and are never hashed again.
+    The SHA-256 of the zeroed device id or of a placeholder (empty, 'null', 'none', ...) is
+    well formed but stands for no one.
     """
-    kind, pre_hashed = IDENTIFIER_FIELDS[field]
-    if pre_hashed:
-        return normalize_sha256(value)
-    normalized = normalize_email(value) if kind == "email" else normalize_device_id(value)
-    return None if normalized is None else sha256_hex(normalized)
+    digest = value.strip().lower()
+    ok = _SHA256_HEX.fullmatch(digest) and digest not in _NEVER_MATCHING
+    return digest if ok else None
 
 
 _IDENTIFIER_RULES = {
-    "email": "is not a plausible email address (one '@', a local part, a dotted domain)",
     "maid": "is not a UUID in 8-4-4-4-12 hex form",
     "idfa": "is not a UUID in 8-4-4-4-12 hex form",
     "email_sha256": "is not a SHA-256 hex digest (64 hex characters)",
@@ -124,17 +239,72 @@ _IDENTIFIER_RULES = {
 }
 
 
-#: Per identifier field: (kind, is_pre_hashed, rule check on the trimmed lowercased value,
-#: skip reason, rule text).
-_FIELD_RULES: dict[str, tuple[str, bool, Any, str, str]] = {
+def identifier_digest(field: str, value: object) -> str | None:
+    """The SHA-256 hex digest to send for one identifier field; None when absent.
+
+    Every identifier rule, field by field: null, empty and blank are absent; anything else
+    that breaks a rule raises InvalidRecord naming the field, the reason and the rule, never
+    the value. Pre-hashed fields are passed through lowercased and are never hashed again.
+    """
+    kind, pre_hashed = IDENTIFIER_FIELDS[field]
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRecord(field, f"invalid_{field}", "must be a string")
+    value = value.strip().lower()
+    if not value:
+        return None
+    if kind == "email" and not pre_hashed:
+        rule = email_violation(value)
+        if rule is not None:
+            raise InvalidRecord(field, "invalid_email", f"is not a valid email address: {rule}")
+        return sha256_hex(value)
+    if (_SHA256_HEX if pre_hashed else _UUID).fullmatch(value) is None:
+        raise InvalidRecord(field, f"invalid_{field}", _IDENTIFIER_RULES[field])
+    never = _NEVER_MATCHING.get(value)
+    if never is not None:
+        raise InvalidRecord(field, *never)
+    return value if pre_hashed else sha256_hex(value)
+
+
+def hash_identifier(field: str, value: str) -> str | None:
+    """The SHA-256 hex digest to send for one identifier field, or None if absent or invalid."""
+    try:
+        return identifier_digest(field, value)
+    except InvalidRecord:
+        return None
+
+
+def salvage_identifiers(record: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(kind, digest) of every identifier field of a record that passes its own rule.
+
+    For a record that may be invalid as a whole (a bad action, a second malformed
+    identifier): its well-formed identifiers still name people, which matters when a skipped
+    record's identifiers must count as seen. For a valid record it equals
+    parse_record(record).identifiers.
+    """
+    found = []
+    for field, (kind, _) in IDENTIFIER_FIELDS.items():
+        try:
+            digest = identifier_digest(field, record.get(field))
+        except InvalidRecord:
+            continue
+        if digest is not None:
+            found.append((kind, digest))
+    return tuple(found)
+
+
+#: Per identifier field: (kind, is_pre_hashed, fast check on the trimmed lowercased value,
+#: highest length the fast check may accept). What the fast check accepts, at most that long
+#: and not in _NEVER_MATCHING, passes identifier_digest; anything else goes through it.
+_FIELD_RULES: dict[str, tuple[str, bool, Any, int]] = {
     field: (
         kind,
         pre_hashed,
         _SHA256_HEX.fullmatch
         if pre_hashed
-        else (_EMAIL.fullmatch if kind == "email" else _UUID.fullmatch),
-        f"invalid_{field}",
-        _IDENTIFIER_RULES[field],
+        else (_EMAIL_FAST.fullmatch if kind == "email" else _UUID.fullmatch),
+        _EMAIL_FAST_MAX_LENGTH if kind == "email" and not pre_hashed else 64,
     )
     for field, (kind, pre_hashed) in IDENTIFIER_FIELDS.items()
 }
@@ -147,9 +317,11 @@ def parse_record(record: dict[str, Any], default_action: bool | None = None) -> 
 
     Raises InvalidRecord naming the first field at fault. `default_action` stands for a
     missing or blank action (mirror mode: a record without one is a member). Fields outside
-    the schema are ignored; null, empty and whitespace-only values count as absent. It runs once per
-    record, so the rules of normalize_email, normalize_device_id and normalize_sha256 are
-    applied inline, in one pass (same checks, same order, same errors).
+    the schema are ignored; null, empty and whitespace-only values count as absent. It runs
+    once per record, so each identifier first meets a fast check inline that accepts the
+    common case (a subset of what identifier_digest accepts); only what it does not accept
+    goes through identifier_digest, the rules one by one. The result and the errors are
+    identifier_digest's.
     """
     get = record.get
     name = get("segment_name")
@@ -194,31 +366,24 @@ def parse_record(record: dict[str, Any], default_action: bool | None = None) -> 
         value = get(field)
         if value is None:
             continue
-        kind, pre_hashed, check, reason, rule = _FIELD_RULES[field]
-        if not isinstance(value, str):
-            raise InvalidRecord(field, reason, "must be a string")
-        value = value.strip().lower()
-        if not value:
-            continue
-        if check(value) is None:
-            raise InvalidRecord(field, reason, rule)
-        identifiers.append((kind, value if pre_hashed else _sha256(value.encode()).hexdigest()))
+        kind, pre_hashed, fast_check, max_length = _FIELD_RULES[field]
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if not value:
+                continue
+            if (
+                len(value) <= max_length
+                and fast_check(value) is not None
+                and value not in _NEVER_MATCHING
+            ):
+                digest = value if pre_hashed else _sha256(value.encode()).hexdigest()
+                identifiers.append((kind, digest))
+                continue
+        # Not the common case: the rules one by one accept it (an internationalized email)
+        # or raise, naming the rule it breaks.
+        slow_digest = identifier_digest(field, value)
+        if slow_digest is not None:
+            identifiers.append((kind, slow_digest))
     if not identifiers:
         raise InvalidRecord("identifiers", "no_identifier", _NO_IDENTIFIER)
     return ParsedRecord(name, segment_id, is_add, tuple(identifiers))
-
-
-def salvage_identifiers(record: dict[str, Any]) -> list[str]:
-    """The digests of the well-formed identifier fields of a record that is invalid overall.
-
-    In mirror mode a skipped record's identifiers are "seen": neither added nor removed
-    because of it, so a bad field elsewhere in the row never removes a member.
-    """
-    digests = []
-    for field in IDENTIFIER_FIELDS:
-        value = record.get(field)
-        if isinstance(value, str) and value.strip():
-            digest = hash_identifier(field, value)
-            if digest is not None:
-                digests.append(digest)
-    return digests

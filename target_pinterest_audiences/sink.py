@@ -69,7 +69,7 @@ class RecordFlow:
         except InvalidRecord as exc:
             self._invalid(exc, stream)
             if self.mirror:
-                self.open.keeps.extend(salvage_identifiers(record))
+                self.open.keeps.extend(digest for _, digest in salvage_identifiers(record))
             return
         segment = (parsed.segment_name, parsed.segment_id)
         if self.segment is None:
