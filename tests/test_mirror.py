@@ -1,0 +1,493 @@
+"""Mirror sync end to end: the real CLI over HTTP against the emulator.
+
+In mirror mode a run's records are the whole audience: the list ends exactly equal to
+them, only the difference from the snapshot is written, removals wait for the end of
+the input, and a removal cap stops a broken source from emptying a live audience.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SCHEMA, email_hash, lists_named, record, start_cli, state
+
+SEGMENT = "Mirror VIP"
+
+
+def emails(ids: range | list[int]) -> list[str]:
+    return [f"Member{i}@Example.com" for i in ids]
+
+
+def rows(addresses: list[str], **extra: Any) -> list[dict[str, Any]]:
+    """Member records: no action at all (mirror's default)."""
+    return [
+        record(id=i + 1, segment_name=SEGMENT, email=f"  {a} ", **extra)
+        for i, a in enumerate(addresses)
+    ]
+
+
+def hashed(addresses: list[str]) -> set[str]:
+    return {email_hash(a) for a in addresses}
+
+
+def mirror_config(base_config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {**base_config, "sync_mode": "mirror", "identifiers_per_request": 10_000, **extra}
+
+
+def the_list(emulator) -> dict[str, Any]:
+    (found,) = lists_named(emulator, SEGMENT)
+    return found
+
+
+def write_log(emulator) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in emulator.state(members=False)["requests"]
+        if r["method"] in ("POST", "PATCH") and "customer_lists" in r["path"]
+    ]
+
+
+def patches_since(emulator, before: int) -> list[tuple[str, int]]:
+    return [
+        (r.get("operation_type"), r.get("n_records"))
+        for r in write_log(emulator)[before:]
+        if r["method"] == "PATCH" and r.get("status") == 200
+    ]
+
+
+def assert_no_raw_identifier(text: str) -> None:
+    assert "@example.com" not in text.lower()
+    assert "Traceback" not in text
+
+
+def test_mirror_creates_then_writes_only_the_difference_then_nothing(
+    emulator, base_config, run_target
+):
+    config = mirror_config(base_config)
+    first = emails(range(400))
+    run1 = run_target(config, rows(first))
+    assert run1.returncode == 0, run1.stderr
+    report = run1.final
+    assert report["list_created"] and report["sync_mode"] == "mirror"
+    assert report["snapshot"] == "new"
+    assert report["members_in_source"] == 400 and report["unchanged"] == 0
+    assert report["identifiers_added"] == 400 and report["identifiers_removed"] == 0
+    assert set(the_list(emulator)["members"]) == hashed(first)
+
+    # 5% of the members left, 5% are new: only those 40 identifiers are written.
+    second = emails(range(20, 420))
+    before = len(write_log(emulator))
+    run2 = run_target(config, rows(second))
+    assert run2.returncode == 0, run2.stderr
+    assert set(the_list(emulator)["members"]) == hashed(second)
+    assert sorted(patches_since(emulator, before)) == [("ADD", 20), ("REMOVE", 20)]
+    report = run2.final
+    assert report["snapshot"] == "existing"
+    assert report["members_in_source"] == 400 and report["unchanged"] == 380
+    assert report["identifiers_added"] == 20 and report["identifiers_removed"] == 20
+    assert report["removals_held_back"] == 0 and report["complete"] is True
+
+    # The same source again: not a single write request.
+    before = len(write_log(emulator))
+    run3 = run_target(config, rows(second))
+    assert run3.returncode == 0, run3.stderr
+    assert write_log(emulator)[before:] == []
+    assert run3.final["unchanged"] == 400
+    assert run3.final["identifiers_added"] == 0 and run3.final["identifiers_removed"] == 0
+    assert len(lists_named(emulator, SEGMENT)) == 1
+    assert len(emulator.state()["audiences"]) == 1
+    assert_no_raw_identifier(run1.stderr + run2.stderr + run3.stderr)
+
+
+def test_mirror_actions_duplicates_and_flips(emulator, base_config, run_target):
+    """`add` or no action is a member, `remove` is not; the later record wins."""
+    config = mirror_config(base_config)
+    addresses = emails(range(10))
+    run1 = run_target(config, rows(addresses))
+    assert run1.returncode == 0, run1.stderr
+    messages = [
+        record(id=1, segment_name=SEGMENT, email=addresses[0]),  # member, unchanged
+        record(id=2, segment_name=SEGMENT, email=addresses[1], action="ADD "),
+        record(id=3, segment_name=SEGMENT, email=addresses[2], action="remove"),  # leaves
+        record(id=4, segment_name=SEGMENT, email="new1@example.com"),
+        record(id=5, segment_name=SEGMENT, email="new1@example.com"),  # duplicate
+        record(id=6, segment_name=SEGMENT, email="new2@example.com"),
+        record(id=7, segment_name=SEGMENT, email="new2@example.com", action="remove"),  # flip
+        record(id=8, segment_name=SEGMENT, email=addresses[3], action="remove"),
+        record(id=9, segment_name=SEGMENT, email=addresses[3], action="add"),  # flip back
+        *[record(id=10 + i, segment_name=SEGMENT, email=a) for i, a in enumerate(addresses[4:])],
+    ]
+    run2 = run_target(config, messages)
+    assert run2.returncode == 0, run2.stderr
+    expected = [addresses[0], addresses[1], addresses[3], "new1@example.com", *addresses[4:]]
+    assert set(the_list(emulator)["members"]) == hashed(expected)
+    report = run2.final
+    assert report["members_in_source"] == len(expected)
+    assert report["unchanged"] == len(expected) - 1
+    assert report["identifiers_added"] == 1  # new1, once
+    assert report["identifiers_removed"] == 1  # addresses[2]
+
+
+def test_removal_cap_holds_back_then_allow_large_removal_ends_exact(
+    emulator, base_config, run_target
+):
+    config = mirror_config(base_config)
+    members = emails(range(200))
+    assert run_target(config, rows(members)).returncode == 0
+
+    # A source with half the members and 10 new ones: 50% removal is above the 20% cap.
+    half = emails(range(100)) + emails(range(1000, 1010))
+    before = len(write_log(emulator))
+    held = run_target(config, rows(half))
+    assert held.returncode != 0
+    assert patches_since(emulator, before) == [("ADD", 10)]  # the adds were done
+    assert set(the_list(emulator)["members"]) == hashed(members + emails(range(1000, 1010)))
+    report = held.final
+    assert report["removals_held_back"] == 100
+    assert "max_removal_fraction" in report["removals_held_back_reason"]
+    assert report["identifiers_removed"] == 0 and report["complete"] is False
+    last_line = [line for line in held.stderr.splitlines() if line.strip()][-1]
+    for fact in ("100", "200", "50.0%", "0.2", "allow_large_removal"):
+        assert fact in last_line, (fact, last_line)
+    assert "distinct identifiers were added" not in held.stderr  # no audience-size warning
+
+    # An empty source is the extreme case: nothing is removed.
+    before = len(write_log(emulator))
+    empty = run_target(config, [record(id=1, segment_name=SEGMENT, email="")], timeout=60)
+    assert empty.returncode != 0
+    assert write_log(emulator)[before:] == []
+    assert len(the_list(emulator)["members"]) == 210
+
+    # Allowed for one run (Meltano passes TARGET_PINTEREST_AUDIENCES_ALLOW_LARGE_REMOVAL).
+    allowed = run_target({**config, "allow_large_removal": True}, rows(half))
+    assert allowed.returncode == 0, allowed.stderr
+    assert set(the_list(emulator)["members"]) == hashed(half)
+    assert allowed.final["identifiers_removed"] == 100
+    assert allowed.final["removals_held_back"] == 0
+    assert_no_raw_identifier(held.stderr + empty.stderr + allowed.stderr)
+
+
+def test_empty_source_on_a_known_audience_removes_nothing_unless_allowed(
+    emulator, base_config, run_target
+):
+    config = mirror_config(base_config)
+    members = emails(range(50))
+    first = run_target(config, rows(members))
+    assert first.returncode == 0
+    audience_id = first.final["audience_id"]
+    by_id = {**config, "audience_id": audience_id}
+    del by_id["audience_name"]
+    before = len(write_log(emulator))
+    nothing = run_target(by_id, [])
+    assert nothing.returncode != 0
+    assert "no members" in nothing.stderr
+    assert write_log(emulator)[before:] == []
+    assert nothing.final["removals_held_back"] == 50
+    assert len(the_list(emulator)["members"]) == 50
+    allowed = run_target({**by_id, "allow_large_removal": True}, [])
+    assert allowed.returncode == 0, allowed.stderr
+    assert the_list(emulator)["members"] == []
+
+
+def test_skipped_records_count_as_seen(emulator, base_config, run_target):
+    """With on_invalid_record=skip a skipped record's well-formed identifiers are neither
+    added nor removed because of it."""
+    config = mirror_config(base_config, on_invalid_record="skip")
+    members = emails(range(20))
+    assert run_target(config, rows(members)).returncode == 0
+    messages = [
+        *[record(id=i, segment_name=SEGMENT, email=a) for i, a in enumerate(members[:18])],
+        # A member whose row is now broken elsewhere: it stays.
+        record(id=30, segment_name=SEGMENT, email=members[18], action="maybe"),
+        # A new person in a broken row: not added.
+        record(id=31, segment_name=SEGMENT, email="new@example.com", maid="not-a-uuid"),
+        # members[19] is absent: removed.
+    ]
+    run = run_target(config, messages)
+    assert run.returncode == 0, run.stderr
+    assert set(the_list(emulator)["members"]) == hashed(members[:19])
+    assert run.final["records_skipped"] == {"unknown_action": 1, "invalid_maid": 1}
+    assert run.final["identifiers_removed"] == 1 and run.final["identifiers_added"] == 0
+
+
+def test_dry_run_reports_the_exact_diff_without_writing(emulator, base_config, run_target):
+    config = mirror_config(base_config)
+    assert run_target(config, rows(emails(range(100)))).returncode == 0
+    source = rows(emails(range(10, 105)))
+    before = len(write_log(emulator))
+    dry = run_target({**config, "dry_run": True}, source)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout == ""  # a dry run writes no STATE
+    (line,) = [x for x in dry.stderr.splitlines() if "Dry run report:" in x]
+    report = json.loads(line.split("Dry run report:", 1)[1])
+    assert report["identifiers_added"] == 5 and report["identifiers_removed"] == 10
+    assert report["unchanged"] == 90 and report["members_in_source"] == 95
+    assert write_log(emulator)[before:] == []
+    # The snapshot was not changed: the real run finds the same difference.
+    real = run_target(config, source)
+    assert real.returncode == 0, real.stderr
+    assert real.final["identifiers_added"] == 5 and real.final["identifiers_removed"] == 10
+    assert set(the_list(emulator)["members"]) == hashed(emails(range(10, 105)))
+
+
+def test_first_mirror_run_of_a_list_without_snapshot_removes_nothing(
+    emulator, base_config, run_target, isolated_state_home
+):
+    events = run_target(
+        base_config,
+        [
+            record(id=i, segment_name=SEGMENT, action="add", email=a)
+            for i, a in enumerate(emails(range(30)))
+        ],
+    )
+    assert events.returncode == 0, events.stderr
+    # The snapshot is lost (a new machine, a wiped disk).
+    for path in isolated_state_home.rglob("snapshot-*"):
+        path.unlink()
+    run = run_target(mirror_config(base_config), rows(emails(range(20, 40))))
+    assert run.returncode == 0, run.stderr
+    assert run.final["snapshot"] == "new"
+    assert "cannot be removed automatically" in run.stderr
+    assert set(the_list(emulator)["members"]) == hashed(emails(range(40)))
+    # Nothing is known of the list: every member is sent (ADD is idempotent), none removed.
+    assert run.final["identifiers_removed"] == 0 and run.final["identifiers_added"] == 20
+    # From now on the snapshot knows the list: the next run removes what left.
+    run2 = run_target(mirror_config(base_config), rows(emails(range(20, 39))))
+    assert run2.returncode == 0, run2.stderr
+    assert run2.final["identifiers_removed"] == 1
+
+
+def test_events_runs_keep_the_snapshot_for_a_later_mirror_run(emulator, base_config, run_target):
+    adds = [
+        record(id=i, segment_name=SEGMENT, action="add", email=a)
+        for i, a in enumerate(emails(range(30)))
+    ]
+    removes = [record(id=99, segment_name=SEGMENT, action="remove", email=emails([0])[0])]
+    assert run_target(base_config, adds + removes).returncode == 0
+    run = run_target(mirror_config(base_config), rows(emails(range(1, 28))))
+    assert run.returncode == 0, run.stderr
+    assert run.final["snapshot"] == "existing"
+    assert run.final["unchanged"] == 27 and run.final["identifiers_removed"] == 2
+    assert set(the_list(emulator)["members"]) == hashed(emails(range(1, 28)))
+
+
+def test_mirror_does_not_pass_tap_bookmarks_on_and_accepts_activate_version(
+    emulator, base_config, run_target
+):
+    messages = [
+        {"type": "ACTIVATE_VERSION", "stream": "customers", "version": 1},
+        *rows(emails(range(5))),
+        state({"bookmarks": {"customers": {"replication_key_value": 5}}}),
+        {"type": "ACTIVATE_VERSION", "stream": "customers", "version": 1},
+    ]
+    run = run_target(mirror_config(base_config), messages)
+    assert run.returncode == 0, run.stderr
+    assert all(set(s) == {"pinterest_audience"} for s in run.states)
+    assert set(the_list(emulator)["members"]) == hashed(emails(range(5)))
+    events = run_target(
+        base_config,
+        [
+            {"type": "ACTIVATE_VERSION", "stream": "customers", "version": 2},
+            record(id=1, segment_name=SEGMENT, action="remove", email=emails([0])[0]),
+            state({"bookmarks": {"customers": {"replication_key_value": 6}}}),
+        ],
+    )
+    assert events.returncode == 0, events.stderr
+    assert events.states[-1]["bookmarks"] == {"customers": {"replication_key_value": 6}}
+    assert set(the_list(emulator)["members"]) == hashed(emails(range(1, 5)))
+
+
+def test_a_fatal_error_mid_run_never_removes(emulator, base_config, run_target):
+    config = mirror_config(base_config, identifiers_per_request=10)
+    assert run_target(config, rows(emails(range(40)))).returncode == 0
+    # A partial source followed by an invalid record: adds may happen, removals never.
+    messages = [*rows(emails(range(35, 60))), record(id=99, segment_name=SEGMENT, email="bad")]
+    run = run_target(config, messages)
+    assert run.returncode != 0
+    assert hashed(emails(range(40))) <= set(the_list(emulator)["members"])
+    assert run.final["identifiers_removed"] == 0
+
+
+# ---- crash safety and concurrency ------------------------------------------------------------
+
+
+def _write_config(tmp_path: Path, config: dict[str, Any]) -> Path:
+    path = tmp_path / f"config-{uuid.uuid4().hex[:6]}.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def _lines(messages: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(m) + "\n" for m in [SCHEMA, *messages])
+
+
+def _kill_when(emulator, proc: subprocess.Popen, ready, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready(write_log(emulator)):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before the kill: {proc.returncode}")
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError("the run never reached the point of the kill")
+
+
+@pytest.mark.parametrize("phase", ["adds", "removals"])
+def test_sigkill_mid_mirror_run_then_the_same_run_is_exact(
+    emulator, base_config, run_target, tmp_path, phase
+):
+    config = mirror_config(base_config, identifiers_per_request=25, max_concurrent_writes=2)
+    first = emails(range(300))
+    assert run_target(config, rows(first)).returncode == 0
+    source = emails(range(150, 400))  # 150 leave (50%: allowed below), 100 new
+    config = {**config, "allow_large_removal": True}
+    emulator.configure(write_delay_ms=150)
+    before = len(write_log(emulator))
+    proc = start_cli(_write_config(tmp_path, config))
+    assert proc.stdin is not None
+    feeder = threading.Thread(
+        target=lambda: (proc.stdin.write(_lines(rows(source))), proc.stdin.close())
+    )
+    feeder.start()
+
+    def ready(log: list[dict[str, Any]]) -> bool:
+        done = [r for r in log[before:] if r.get("status") == 200]
+        if phase == "adds":
+            return len(done) >= 2
+        return any(r.get("operation_type") == "REMOVE" for r in done)
+
+    _kill_when(emulator, proc, ready)
+    feeder.join(timeout=30)
+    emulator.configure(write_delay_ms=0)
+    again = run_target(config, rows(source))
+    assert again.returncode == 0, again.stderr
+    assert set(the_list(emulator)["members"]) == hashed(source)
+    assert len(lists_named(emulator, SEGMENT)) == 1
+    assert len(emulator.state()["audiences"]) == 1
+    # And the snapshot agrees with Pinterest: one more run writes nothing.
+    before = len(write_log(emulator))
+    assert run_target(config, rows(source)).returncode == 0
+    assert write_log(emulator)[before:] == []
+
+
+def test_two_runs_on_one_list_at_once_the_second_stops(emulator, base_config, run_target, tmp_path):
+    config = mirror_config(base_config, identifiers_per_request=20, max_concurrent_writes=1)
+    source = emails(range(200))
+    emulator.configure(write_delay_ms=200)
+    first = start_cli(_write_config(tmp_path, config))
+    assert first.stdin is not None
+    first.stdin.write(_lines(rows(source)))
+    first.stdin.flush()
+    deadline = time.monotonic() + 30
+    while not write_log(emulator) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = run_target(config, rows(source), timeout=60)
+    assert second.returncode != 0
+    assert "another run is syncing" in second.stderr
+    assert "Traceback" not in second.stderr
+    first.stdin.close()
+    assert first.wait(timeout=120) == 0
+    emulator.configure(write_delay_ms=0)
+    assert set(the_list(emulator)["members"]) == hashed(source)
+    # The lock dies with its run: a later run goes ahead.
+    assert run_target(config, rows(source)).returncode == 0
+
+
+# ---- the PostgreSQL snapshot store -----------------------------------------------------------
+
+
+@pytest.fixture
+def snapshot_database():
+    """A fresh database on the test PostgreSQL server (scripts/setup-postgres.sh)."""
+    if not any(os.environ.get(v) for v in ("PGHOST", "PGPORT", "PGDATABASE")):
+        message = "no PostgreSQL server configured (PGHOST/PGPORT/PGDATABASE are not set)"
+        if os.environ.get("TPA_REQUIRE_POSTGRES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    psycopg = pytest.importorskip("psycopg")
+    name = f"tpa_snapshot_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(dbname=os.environ.get("PGDATABASE", "postgres"), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    env = os.environ
+    url = (
+        f"postgresql://{env.get('PGUSER', 'postgres')}:{env.get('PGPASSWORD', '')}@"
+        f"{env.get('PGHOST', '127.0.0.1')}:{env.get('PGPORT', '5432')}/{name}"
+    )
+    try:
+        yield url, name
+    finally:
+        with psycopg.connect(
+            dbname=os.environ.get("PGDATABASE", "postgres"), autocommit=True
+        ) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _scenario(run_target, emulator, config: dict[str, Any]) -> list[Any]:
+    """Create, diff, no-op, held removal: what each step wrote and reported."""
+    outcome = []
+    for source, extra in (
+        (emails(range(100)), {}),
+        (emails(range(10, 110)), {}),
+        (emails(range(10, 110)), {}),
+        (emails(range(30)), {}),
+        (emails(range(30)), {"allow_large_removal": True}),
+    ):
+        before = len(write_log(emulator))
+        run = run_target({**config, **extra}, rows(source))
+        report = run.final
+        outcome.append(
+            (
+                run.returncode,
+                sorted(patches_since(emulator, before)),
+                {
+                    k: report[k]
+                    for k in (
+                        "identifiers_added",
+                        "identifiers_removed",
+                        "unchanged",
+                        "removals_held_back",
+                        "snapshot",
+                    )
+                },
+                len(the_list(emulator)["members"]),
+            )
+        )
+    return outcome
+
+
+def test_postgres_snapshot_store_gives_the_same_results_as_sqlite(
+    emulator, base_config, run_target, snapshot_database
+):
+    url, name = snapshot_database
+    sqlite_outcome = _scenario(run_target, emulator, mirror_config(base_config))
+    emulator.reset()
+    pg_run = mirror_config(base_config, snapshot_url=url)
+    postgres_outcome = _scenario(run_target, emulator, pg_run)
+    assert postgres_outcome == sqlite_outcome
+    assert sqlite_outcome[2][1] == []  # the no-op run wrote nothing
+    assert sqlite_outcome[3][0] != 0 and sqlite_outcome[4][0] == 0
+
+    import psycopg
+
+    env = os.environ
+    with psycopg.connect(dbname=name) as conn:
+        (count,) = conn.execute(
+            "SELECT COUNT(*) FROM pinterest_audience_snapshot_members WHERE confirmed = 1"
+        ).fetchone()
+    assert count == 30
+    # The store is named in the log, never with its password.
+    log = run_target(pg_run, rows(emails(range(30)))).stderr
+    assert url not in log and f":{env.get('PGPASSWORD', '')}@" not in log
+    assert "snapshot existing (postgresql" in log
