@@ -30,9 +30,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 MELTANO_VERSION = "4.4.1"
 LOADER = "target-pinterest-audiences"
+#: The Meltano Hub plugin definition users add with `meltano add ... --from-ref`.
+PLUGIN_DEFINITION = REPO / "plugin" / "loaders" / f"{LOADER}.yml"
 CSV_TAP = "tap-spreadsheets"
 PG_TAP = "tap-postgres"
 AD_ACCOUNT = "549755885175"
@@ -236,6 +240,75 @@ def schema_errors(meltano: Path, meltano_yml: Path) -> list[str]:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout.splitlines()
+
+
+# ---- plugin definitions vs the target's own settings ---------------------------------------
+
+#: JSON-schema type of a setting in `--about` -> the Meltano `kind` that declares it.
+_KINDS = {
+    "string": "string",
+    "integer": "integer",
+    "number": "decimal",
+    "boolean": "boolean",
+    "object": "object",
+    "array": "array",
+}
+
+
+def _json_type(prop: Mapping[str, Any]) -> str | None:
+    types = prop.get("type")
+    if isinstance(types, str):
+        return types
+    if isinstance(types, list):
+        return next((t for t in types if t != "null"), None)
+    return None
+
+
+def setting_problems(
+    settings: Sequence[Mapping[str, Any]], properties: Mapping[str, Any], where: str
+) -> list[str]:
+    """What a plugin definition's `settings` gets wrong about the target's `--about` settings.
+
+    One rule set for the Hub definition and for meltano.yml, so that a setting added to the
+    target and forgotten in either file is named, with the file, in the failure.
+    """
+    problems = []
+    declared = {s["name"]: s for s in settings}
+    for name in properties.keys() - declared.keys():
+        problems.append(
+            f"{where}: the target has setting {name!r} (see --about) but no block declares it:"
+            " add one with name, kind, label, description (value for a default, options for"
+            " a choice, sensitive: true for a secret)"
+        )
+    for name in declared.keys() - properties.keys():
+        problems.append(f"{where}: setting {name!r} is not one the target has: remove it")
+    for name in sorted(declared.keys() & properties.keys()):
+        setting, prop = declared[name], properties[name]
+        at = f"{where}: setting {name!r}"
+        if not setting.get("label") or not setting.get("description"):
+            problems.append(f"{at} needs a label and a description")
+        wanted = "options" if "enum" in prop else _KINDS.get(_json_type(prop) or "")
+        if wanted and setting.get("kind") != wanted:
+            problems.append(f"{at} has kind {setting.get('kind')!r}, not {wanted!r}")
+        if "enum" in prop and [o.get("value") for o in setting.get("options", [])] != prop["enum"]:
+            problems.append(f"{at}: options must be {prop['enum']}, in that order")
+        if bool(setting.get("sensitive")) != bool(prop.get("secret")):
+            problems.append(
+                f"{at} must have sensitive: {bool(prop.get('secret'))}"
+                " (the target marks its secrets with secret=True)"
+            )
+        if "default" in prop and setting.get("value") != prop["default"]:
+            problems.append(f"{at} needs value: {prop['default']!r} (the target's default)")
+        if "default" not in prop and "value" in setting:
+            problems.append(f"{at} has a value, but the target has no default")
+    return problems
+
+
+def project_loader(path: Path | None = None) -> dict[str, Any]:
+    """The target's plugin entry in a meltano.yml (the project's own by default)."""
+    project = yaml.safe_load((path or REPO / "meltano.yml").read_text(encoding="utf-8"))
+    (loader,) = [p for p in project["plugins"]["loaders"] if p["name"] == LOADER]
+    return dict(loader)
 
 
 # ---- the sample data and the expected members -------------------------------------------------

@@ -24,7 +24,6 @@ from typing import Any
 
 import meltano_helpers as mh
 import pytest
-import yaml
 
 from target_pinterest_audiences.emulator import Emulator
 
@@ -260,42 +259,18 @@ def test_warehouse_postgres_incremental(
 
 # ---- configuration ---------------------------------------------------------------------------
 
-_KINDS = {
-    "string": "string",
-    "integer": "integer",
-    "number": "decimal",
-    "boolean": "boolean",
-    "object": "object",
-    "array": "array",
-}
-
-
-def _loader_definition() -> dict[str, Any]:
-    project = yaml.safe_load((mh.REPO / "meltano.yml").read_text(encoding="utf-8"))
-    (loader,) = [p for p in project["plugins"]["loaders"] if p["name"] == mh.LOADER]
-    return loader
-
 
 def test_meltano_yml_matches_the_target(meltano: mh.Meltano) -> None:
-    """Every setting the target has is declared, with its kind, default and secrecy."""
+    """Every setting the target has is declared, with its kind, default and secrecy.
+
+    The same rules hold for the Hub definition (tests/test_plugin_definition.py).
+    """
     assert mh.schema_errors(meltano.exe, mh.REPO / "meltano.yml") == []
     about = json.loads(meltano("invoke", mh.LOADER, "--about", "--format=json").stdout)
-    loader = _loader_definition()
-    declared = {s["name"]: s for s in loader["settings"]}
+    loader = mh.project_loader()
     properties = about["settings"]["properties"]
-    assert set(declared) == set(properties)
-    for name, prop in properties.items():
-        setting = declared[name]
-        assert setting.get("label") and setting.get("description"), name
-        json_type = next(t for t in prop["type"] if t != "null")
-        assert setting["kind"] == ("options" if "enum" in prop else _KINDS[json_type]), name
-        if "enum" in prop:
-            assert [o["value"] for o in setting["options"]] == prop["enum"], name
-        assert bool(setting.get("sensitive")) == bool(prop.get("secret")), name
-        if "default" in prop:
-            assert setting.get("value") == prop["default"], name
-        else:
-            assert "value" not in setting, name
+    problems = mh.setting_problems(loader["settings"], properties, "meltano.yml")
+    assert not problems, "\n".join(problems)
     assert set(loader["capabilities"]) <= set(about["capabilities"])
     assert loader["namespace"] == "target_pinterest_audiences"
     assert loader["executable"] == mh.LOADER
@@ -318,7 +293,7 @@ def test_config_list_shows_settings_not_secrets(meltano: mh.Meltano) -> None:
         "TARGET_PINTEREST_AUDIENCES_CLIENT_SECRET": "cs_" + uuid.uuid4().hex,
     }
     env = dict(meltano.env, PINTEREST_AD_ACCOUNT_ID="1234567890", **secrets)
-    loader = _loader_definition()
+    loader = mh.project_loader()
     for environment in ("dev", "prod"):
         for args in (
             ("config", "list", mh.LOADER, "--all"),
