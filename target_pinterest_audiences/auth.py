@@ -400,8 +400,11 @@ def _exchange_function(
                 logger.warning("Token exchange failed (%s); trying again", exc)
                 time.sleep(2**attempt)
         record = token_record(answer)
-        replaced = store.path.exists()
-        store.save(record)
+        # The lock the target's refreshes take: a run refreshing right now cannot write its
+        # pair over this one, and running targets adopt this pair at their next re-read.
+        with store.lock():
+            replaced = store.path.exists()
+            store.save(record)
         lines = [
             f"Connected. Tokens saved to {store.path} (mode 0600)"
             + ("; they replace the ones stored before." if replaced else "."),

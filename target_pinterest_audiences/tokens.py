@@ -4,26 +4,45 @@ Pinterest hands back a NEW refresh token on every refresh (continuous refresh to
 60-day life). Whoever drops it must re-connect by hand every 60 days, so every pair we
 receive is written at once, atomically and private (0600), to the token file, which
 later runs prefer over the config. Tokens and secrets never reach a log or an error.
+
+Parallel jobs for one ad account share that file, and Pinterest does not say whether a
+refresh token stays valid once it has been used. So every refresh happens under an OS
+lock on a file beside the token file, and under that lock the file is read again first:
+a pair another process stored meanwhile is adopted instead of refreshing with a refresh
+token that may already be spent.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import requests
 
-#: Refresh this long before the access token's expiry, so no request races it.
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so parallel runs there are not serialized
+    fcntl = None  # type: ignore[assignment]
+
+#: Refresh this long before the access token's expiry, so no request races it (at most a
+#: quarter of the token's lifetime, so short-lived tokens are not refreshed on every use).
 ACCESS_TOKEN_MARGIN_SECONDS = 300
+#: Give up waiting for another process's refresh after this long (it holds the lock only
+#: for one token request, whose timeout is far shorter).
+LOCK_WAIT_SECONDS = 300.0
 #: Warn when the refresh token has less than this left.
 REFRESH_TOKEN_WARN_SECONDS = 7 * 24 * 3600
+
+_log = logging.getLogger(__name__)
 
 
 class AuthError(RuntimeError):
@@ -41,10 +60,69 @@ def default_token_cache_path(ad_account_id: str) -> Path:
 
 
 class TokenStore:
-    """The token file shared by the target and the connect command."""
+    """The token file shared by the target (any number of parallel runs) and the auth command."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
+
+    @property
+    def lock_path(self) -> Path:
+        """Beside the token file, never removed: removing a lock file lets two holders in."""
+        return self.path.with_name(self.path.name + ".lock")
+
+    @contextlib.contextmanager
+    def lock(self, wait_seconds: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
+        """Hold the exclusive OS lock (flock) on the lock file: one read-refresh-write at a time.
+
+        The OS releases it when its holder exits or dies, so a crash never leaves it stuck.
+        Where fcntl does not exist (Windows) it serializes nothing.
+        """
+        if fcntl is None:
+            yield
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise AuthError(
+                f"cannot open the token lock file {self.lock_path} ({exc.strerror or exc}); "
+                "check that its folder is writable by this user"
+            ) from None
+        try:
+            with contextlib.suppress(OSError):  # someone else's file: keep its mode
+                os.fchmod(fd, 0o600)
+            deadline = time.monotonic() + wait_seconds
+            pause = 0.005
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    locked = True
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise TransientAuthError(
+                            f"another process has held the token lock {self.lock_path} for "
+                            f"more than {wait_seconds:.0f} s (a parallel run or "
+                            "`target-pinterest-audiences-auth` that may be stuck)"
+                        ) from None
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.1)
+                except OSError as exc:  # a file system without locks (some network mounts)
+                    _log.warning(
+                        "Cannot lock %s (%s): parallel runs sharing this token file may "
+                        "spend each other's refresh tokens; keep token_cache_path on a local disk",
+                        self.lock_path,
+                        exc.strerror or type(exc).__name__,
+                    )
+                    locked = False
+                    break
+            try:
+                yield
+            finally:
+                if locked:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def load(self) -> dict[str, Any] | None:
         """The stored tokens, or None when there is no usable file."""
@@ -143,7 +221,11 @@ def request_token(
 
 
 class TokenManager:
-    """Hands out a valid access token, refreshing and persisting as needed (thread-safe)."""
+    """Hands out a valid access token, refreshing and persisting as needed.
+
+    Thread-safe within a process; across processes sharing the token file, every change
+    of token happens under the store's lock, after reading the file again.
+    """
 
     def __init__(
         self,
@@ -170,19 +252,16 @@ class TokenManager:
         self._config_refresh = refresh_token
         self._access: str | None = access_token
         self._access_expires_at: float | None = None
+        self._access_lifetime: float | None = None
         self._refresh: str | None = refresh_token
         self._refresh_expires_at: float | None = None
         self.refreshes = 0
         self._scope: str | None = None
-        stored = store.load() if store else None
-        if stored and (stored.get("access_token") or stored.get("refresh_token")):
-            # The file holds the newest rotated pair: it wins over the config.
-            self._access = stored.get("access_token")
-            self._access_expires_at = stored.get("access_token_expires_at")
-            self._refresh = stored.get("refresh_token") or refresh_token
-            self._refresh_expires_at = stored.get("refresh_token_expires_at")
-            self._scope = stored.get("scope")
-            self.logger.info("Using the tokens stored in %s", store.path if store else "-")
+        #: The pair this process last read from or wrote to the token file: a different
+        #: pair in the file means another process (or `connect`) has stored a newer one.
+        self._file_pair: tuple[Any, Any] | None = None
+        if store is not None and self._adopt(store.load()):
+            self.logger.info("Using the tokens stored in %s", store.path)
 
     @property
     def scope(self) -> str | None:
@@ -190,8 +269,12 @@ class TokenManager:
         return self._scope
 
     def refresh(self) -> None:
-        """Refresh now (to learn the granted scope, or to rotate the pair on demand)."""
-        with self._lock:
+        """Refresh now (to learn the granted scope, or to rotate the pair on demand).
+
+        Uses the newest refresh token in the token file, never one another process spent.
+        """
+        with self._lock, self._file_lock():
+            self._reread()
             if not self.can_refresh:
                 raise AuthError("refreshing needs refresh_token, client_id and client_secret")
             self._do_refresh()
@@ -209,8 +292,13 @@ class TokenManager:
         with self._lock:
             if self._access and not self._expiring():
                 return self._access
-            if self.can_refresh:
-                self._do_refresh()
+            if self.can_refresh or self.store is not None:
+                with self._file_lock():
+                    # Another process may have refreshed since we last looked.
+                    adopted = self._reread()
+                    fresh = adopted and self._access and not self._expiring()
+                    if not fresh and self.can_refresh:
+                        self._do_refresh()
             if not self._access:
                 raise AuthError(
                     "no access token: set access_token, or refresh_token with client_id and "
@@ -221,21 +309,27 @@ class TokenManager:
     def on_unauthorized(self, rejected: str) -> bool:
         """After a 401 with `rejected`: make a fresh token current, for one more try.
 
-        Returns whether this call replaced the token itself (False when another request
-        in flight had already replaced it).
+        Returns whether this call refreshed the token itself: False when another request
+        in flight, or another process sharing the token file, had already replaced it (the
+        caller bounds only its own refreshes, so a token someone else refreshed is free).
         """
         with self._lock:
             if self._access != rejected:
                 return False
-            if self.can_refresh:
-                # Stale from now on: if this refresh fails transiently, the next
-                # access_token() call refreshes instead of reusing the rejected token.
-                self._access_expires_at = 0
-                self._do_refresh()
-                return True
+            with self._file_lock():
+                if self._reread() and self._access and self._access != rejected:
+                    self.logger.info("Using the newer access token another run stored")
+                    return False
+                if self.can_refresh:
+                    # Stale from now on: if this refresh fails transiently, the next
+                    # access_token() call refreshes instead of reusing the rejected token.
+                    self._access_expires_at = 0
+                    self._do_refresh()
+                    return True
             if self._config_access and self._config_access != rejected:
                 self.logger.warning("Stored access token rejected; trying the one in the config")
                 self._access = self._config_access
+                self._access_expires_at = self._access_lifetime = None
                 return True
         raise AuthError(
             "Pinterest rejected the access token (expired or revoked) and it cannot be "
@@ -243,12 +337,58 @@ class TokenManager:
             "`target-pinterest-audiences-auth`"
         )
 
+    def _file_lock(self) -> contextlib.AbstractContextManager[None]:
+        if self.store is None:
+            return contextlib.nullcontext()
+        return self.store.lock(max(LOCK_WAIT_SECONDS, 3 * self.timeout))
+
+    def _reread(self) -> bool:
+        """Adopt the token file's pair if it changed since this process last saw it.
+
+        Call with the file lock held. An unreadable file is not fatal here: the pair in
+        memory is still good, and the next save replaces the file.
+        """
+        if self.store is None:
+            return False
+        try:
+            stored = self.store.load()
+        except AuthError as exc:
+            self.logger.warning("%s; continuing with the tokens in memory", exc)
+            return False
+        return self._adopt(stored)
+
+    def _adopt(self, stored: dict[str, Any] | None) -> bool:
+        """Make a stored pair current unless it is the one this process already knows."""
+        if not stored or not (stored.get("access_token") or stored.get("refresh_token")):
+            return False
+        pair = (stored.get("access_token"), stored.get("refresh_token"))
+        if pair == self._file_pair:
+            return False
+        self._file_pair = pair
+        # The file holds the newest rotated pair: it wins over the config.
+        self._access = stored.get("access_token")
+        self._access_expires_at = _number(stored.get("access_token_expires_at"))
+        updated_at = _number(stored.get("updated_at"))
+        self._access_lifetime = (
+            self._access_expires_at - updated_at
+            if self._access_expires_at is not None and updated_at is not None
+            else None
+        )
+        self._refresh = stored.get("refresh_token") or self._config_refresh
+        self._refresh_expires_at = _number(stored.get("refresh_token_expires_at"))
+        self._scope = stored.get("scope")
+        return True
+
     def _expiring(self) -> bool:
         if self._access_expires_at is None:
             return False
-        return time.time() + ACCESS_TOKEN_MARGIN_SECONDS >= float(self._access_expires_at)
+        margin = float(ACCESS_TOKEN_MARGIN_SECONDS)
+        if self._access_lifetime is not None:
+            margin = min(margin, max(self._access_lifetime, 0) / 4)
+        return time.time() + margin >= self._access_expires_at
 
     def _do_refresh(self) -> None:
+        """Call with the file lock held: the refresh token used is spent from now on."""
         assert self.client_id and self.client_secret and self._refresh
         candidates = [self._refresh]
         if self._config_refresh and self._config_refresh not in candidates:
@@ -283,12 +423,16 @@ class TokenManager:
         record.setdefault("refresh_token", previous_refresh)
         self._access = record["access_token"]
         self._access_expires_at = record.get("access_token_expires_at")
+        self._access_lifetime = (
+            float(answer["expires_in"]) if answer.get("expires_in") is not None else None
+        )
         self._refresh = record["refresh_token"]
         self._refresh_expires_at = record.get("refresh_token_expires_at")
         self._scope = record.get("scope") or self._scope
         self.refreshes += 1
         if self.store:
             self.store.save(record)
+            self._file_pair = (record["access_token"], record["refresh_token"])
         self.logger.info(
             "Access token refreshed; the new token pair is saved to %s",
             self.store.path if self.store else "(no token file)",
@@ -305,3 +449,10 @@ class TokenManager:
                 "rotates it) or reconnect with `target-pinterest-audiences-auth` before then",
                 max(left, 0) / 86400,
             )
+
+
+def _number(value: Any) -> float | None:
+    """A time from the token file, or None when it is missing or not a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
