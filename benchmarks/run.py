@@ -382,6 +382,7 @@ class Bench:
                     "on_invalid_record": "skip",
                     "max_writes_per_minute": 1_000_000,
                     "token_cache_path": str(self.tmp / "tokens.json"),
+                    "snapshot_path": str(self.tmp / "snapshots"),
                 }
             )
         )
@@ -394,6 +395,8 @@ class Bench:
 
     def ours(self, input_path: Path, write_delay_ms: int = 0) -> tuple[Measure, int]:
         self.emu.reset(write_delay_ms)
+        # A reset emulator hands out the same list ids again: start from an empty snapshot.
+        shutil.rmtree(self.tmp / "snapshots", ignore_errors=True)
         m = measure(
             "ours", [*self.ours_cmd, "--config", str(self.ours_config)], input_path, self.tmp
         )

@@ -2,12 +2,16 @@
 
 Each record of a mirror run says who is a member now (no action, or `add`) or who is not
 (`remove`); a skipped record's well-formed identifiers are "seen" and left as they are.
-What the run wants is kept on disk (`RunSet`, a throwaway SQLite file), never in Python
-sets, so memory stays flat whatever the audience size. While records arrive, members that
-the snapshot does not confirm are added; identifiers already confirmed cost no request.
-Only once the whole input was read are the snapshot's members that the source no longer
-holds removed, and only if they are not too many (the removal cap): a broken source query
-that returns 3 rows instead of 3 million must not empty a live audience.
+What the run wants is appended to a throwaway SQLite file (`RunSet`), never held in Python
+sets, so memory stays flat whatever the audience size. Once the whole input was read, the
+run's identifiers, sorted, are merged with the snapshot (snapshot.py, also in key order) in
+one pass: members the snapshot does not confirm are added, identifiers already confirmed
+cost no request, and confirmed members the source no longer holds are removed, unless they
+are too many (the removal cap): a broken source query that returns 3 rows instead of 3
+million must not empty a live audience.
+
+A list with no confirmed member yet (a first run) has nothing to diff against: there the
+members are added while the records arrive, so the adds overlap with reading.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from target_pinterest_audiences.report import Report
-from target_pinterest_audiences.snapshot import PAGE_SIZE, KeyCodec, Snapshot
+from target_pinterest_audiences.snapshot import LOOKUP_CHUNK, PAGE_SIZE, KeyCodec, Snapshot
 from target_pinterest_audiences.writer import Writer
 
 #: What the source wants for an identifier.
@@ -31,105 +35,150 @@ WANT_ABSENT, WANT_MEMBER, WANT_KEEP = 0, 1, 2
 ALLOW_ENV = "TARGET_PINTEREST_AUDIENCES_ALLOW_LARGE_REMOVAL"
 
 
+@dataclass
+class Plan:
+    """The difference between the source and the snapshot, and what it was computed from."""
+
+    members_in_source: int = 0
+    #: Members of the source that were confirmed members before this run.
+    unchanged: int = 0
+    adds: int = 0
+    removals: int = 0
+    #: Removals of identifiers that were confirmed members before this run (the cap's count).
+    removals_of_members: int = 0
+
+
 class RunSet:
-    """Every identifier this run has seen, what the source wants for it, and whether it was
-    a confirmed member when first seen; on disk, deleted when the run ends."""
+    """Every identifier this run has seen and what the source wants for it, in input order,
+    on disk; deleted when the run ends."""
 
     def __init__(self, codec: KeyCodec) -> None:
         self.codec = codec
         self._dir = tempfile.mkdtemp(prefix="target-pinterest-audiences-run-")
-        self._conn = sqlite3.connect(Path(self._dir) / "run.sqlite", check_same_thread=False)
+        path = Path(self._dir) / "run.sqlite"
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-16000"):
             self._conn.execute(f"PRAGMA {pragma}")
-        self._conn.execute(
-            "CREATE TABLE seen (h BLOB PRIMARY KEY, want INTEGER NOT NULL, "
-            "was_member INTEGER NOT NULL) WITHOUT ROWID"
-        )
+        # Appending costs the same whatever the size; a keyed table would pay a random
+        # B-tree write per identifier. Sorting happens once, at the end.
+        self._conn.execute("CREATE TABLE seen (h BLOB NOT NULL, want INTEGER NOT NULL)")
+        self._conn.execute("CREATE TABLE adds (h BLOB NOT NULL)")
         self._conn.execute("CREATE TABLE removals (h BLOB NOT NULL)")
+        #: Members already handed to the writer while reading (first runs only).
+        self._conn.execute("CREATE TABLE streamed (h BLOB PRIMARY KEY) WITHOUT ROWID")
 
-    def put(self, ops: dict[str, bool], keeps: Iterable[str], confirmed: set[str]) -> None:
-        """Record one batch: a valid record's action replaces an earlier one; a skipped
-        record's identifiers ("keep") never replace anything."""
-        encode = self.codec.encode
-        with self._conn:
-            self._conn.executemany(
-                "INSERT INTO seen VALUES (?, ?, ?) ON CONFLICT (h) DO UPDATE SET want = "
-                "excluded.want",
-                [(encode(h), int(is_add), h in confirmed) for h, is_add in ops.items()],
+    def put(self, ops: Iterable[tuple[bytes, bool]], keeps: Iterable[bytes]) -> None:
+        """Record one batch (keys encoded with `codec`), in input order."""
+        self._conn.execute("BEGIN")
+        self._conn.executemany("INSERT INTO seen VALUES (?, ?)", ops)
+        self._conn.executemany("INSERT INTO seen VALUES (?, 2)", ((key,) for key in keeps))
+        self._conn.execute("COMMIT")
+
+    def first_seen(self, keys: list[bytes]) -> set[bytes]:
+        """Those of `keys` not handed to the writer before in this run (and note them)."""
+        new: set[bytes] = set()
+        for start in range(0, len(keys), LOOKUP_CHUNK):
+            part = keys[start : start + LOOKUP_CHUNK]
+            probe = ",".join(["(?)"] * len(part))
+            cursor = self._conn.execute(
+                f"WITH probe(h) AS (VALUES {probe}) SELECT h FROM probe WHERE NOT EXISTS "
+                "(SELECT 1 FROM streamed WHERE streamed.h = probe.h)",
+                part,
             )
-            self._conn.executemany(
-                "INSERT INTO seen VALUES (?, 2, ?) ON CONFLICT (h) DO NOTHING",
-                [(encode(h), h in confirmed) for h in keeps],
-            )
+            new.update(row[0] for row in cursor.fetchall())
+        self._conn.executemany("INSERT OR IGNORE INTO streamed VALUES (?)", ((key,) for key in new))
+        return new
 
-    def counts(self) -> tuple[int, int, int]:
-        """(members in the source, of which confirmed before this run, of which new)."""
-        members, unchanged = self._conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(was_member), 0) FROM seen WHERE want = 1"
-        ).fetchone()
-        return int(members), int(unchanged), int(members) - int(unchanged)
-
-    def _pages(self) -> Iterator[list[tuple[bytes, int, int]]]:
-        last = b""
+    def _wanted(self) -> Iterator[tuple[bytes, int]]:
+        """Each identifier once, in key order, with what the source finally wants for it:
+        the latest valid record's action, or "keep" when only skipped records named it."""
+        cursor = self._conn.execute("SELECT h, want FROM seen ORDER BY h, rowid")
+        key: bytes | None = None
+        want = WANT_KEEP
         while True:
-            rows = self._conn.execute(
-                f"SELECT h, want, was_member FROM seen WHERE h > ? ORDER BY h LIMIT {PAGE_SIZE}",
-                (last,),
-            ).fetchall()
+            rows = cursor.fetchmany(PAGE_SIZE)
             if not rows:
-                return
-            yield rows
-            last = rows[-1][0]
+                break
+            for h, w in rows:
+                if h != key:
+                    if key is not None:
+                        yield key, want
+                    key, want = h, w
+                elif w != WANT_KEEP:
+                    want = w
+        if key is not None:
+            yield key, want
 
-    def plan_removals(self, snapshot: Snapshot | None, *, snapshot_new: bool) -> RemovalPlan:
-        """Merge the snapshot with what the run wants (both in key order) into the removals.
+    def plan(self, snapshot: Snapshot | None, *, snapshot_new: bool, streamed: bool) -> Plan:
+        """Merge what the run wants with the snapshot (both in key order) into adds and removals.
 
-        Removed: confirmed or in-doubt members that the source does not hold or says
-        `remove`; and, on a list with no snapshot before this run, identifiers the source
-        explicitly says `remove` (nobody knows whether the list holds them). Counted against
-        the cap: removals of identifiers that were confirmed members before this run.
+        Added: members the snapshot does not confirm (in doubt, or unknown). Removed:
+        confirmed or in-doubt identifiers that the source does not hold or says `remove`;
+        and, on a list with no snapshot before this run, identifiers the source explicitly
+        says `remove` (nobody knows whether the list holds them). `streamed`: members were
+        added while reading (no confirmed member at the start), so none was unchanged.
         """
-        plan = RemovalPlan()
+        plan = Plan()
+        adds: list[tuple[bytes]] = []
+        removals: list[tuple[bytes]] = []
+        insert = self._conn.executemany
+
+        def flush() -> None:
+            insert("INSERT INTO adds VALUES (?)", adds)
+            insert("INSERT INTO removals VALUES (?)", removals)
+            adds.clear()
+            removals.clear()
+
+        self._conn.execute("BEGIN")
+        self._conn.execute("DELETE FROM adds")
         self._conn.execute("DELETE FROM removals")
-        out: list[tuple[bytes]] = []
-
-        def remove(key: bytes) -> None:
-            out.append((key,))
-            plan.total += 1
-            if len(out) >= PAGE_SIZE:
-                self._conn.executemany("INSERT INTO removals VALUES (?)", out)
-                out.clear()
-
         snap_rows = _rows(snapshot.pages()) if snapshot is not None else iter(())
-        run_rows = _rows(self._pages())
+        run_rows = self._wanted()
         s = next(snap_rows, None)
         r = next(run_rows, None)
         while s is not None or r is not None:
             if r is None or (s is not None and s[0] < r[0]):
                 assert s is not None
-                # A member the source no longer holds (never seen in this run).
-                remove(s[0])
-                plan.of_members += s[1]
+                # In the snapshot, never seen in this run: the source no longer holds it.
+                removals.append((s[0],))
+                plan.removals_of_members += s[1] and not streamed
                 s = next(snap_rows, None)
             elif s is None or r[0] < s[0]:
-                if r[1] == WANT_ABSENT and snapshot_new:
-                    remove(r[0])
+                # Seen in this run, unknown to the snapshot.
+                if r[1] == WANT_MEMBER:
+                    plan.members_in_source += 1
+                    adds.append((r[0],))
+                elif r[1] == WANT_ABSENT and snapshot_new:
+                    removals.append((r[0],))
                 r = next(run_rows, None)
             else:
-                if r[1] == WANT_ABSENT:
-                    remove(s[0])
-                    plan.of_members += s[1] and r[2]
+                key, confirmed = s
+                if r[1] == WANT_MEMBER:
+                    plan.members_in_source += 1
+                    if confirmed:
+                        plan.unchanged += not streamed
+                    else:
+                        adds.append((key,))  # in doubt: send it again
+                elif r[1] == WANT_ABSENT:
+                    removals.append((key,))
+                    plan.removals_of_members += confirmed and not streamed
                 s = next(snap_rows, None)
                 r = next(run_rows, None)
-        if out:
-            self._conn.executemany("INSERT INTO removals VALUES (?)", out)
-        self._conn.commit()
+            if len(adds) + len(removals) >= PAGE_SIZE:
+                flush()
+        flush()
+        self._conn.execute("COMMIT")
+        plan.adds = self._count("adds")
+        plan.removals = self._count("removals")
         return plan
 
-    def removals(self, size: int) -> Iterator[list[str]]:
-        """The planned removals, `size` at a time."""
+    def _count(self, table: str) -> int:
+        return int(self._conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    def planned(self, table: str, size: int) -> Iterator[list[str]]:
+        """The planned adds or removals, `size` at a time."""
         decode = self.codec.decode
-        cursor = self._conn.execute("SELECT h FROM removals ORDER BY rowid")
+        cursor = self._conn.execute(f"SELECT h FROM {table} ORDER BY rowid")
         while True:
             rows = cursor.fetchmany(size)
             if not rows:
@@ -147,15 +196,8 @@ def _rows(pages: Iterable[list]) -> Iterator[tuple]:
         yield from page
 
 
-@dataclass
-class RemovalPlan:
-    total: int = 0
-    #: Of which confirmed members before this run (what the cap protects).
-    of_members: int = 0
-
-
 class MirrorSync:
-    """The mirror side of the writer thread: what to add while reading, what to remove after."""
+    """The mirror side of the writer thread: what the source wants, and the difference."""
 
     def __init__(
         self,
@@ -174,6 +216,9 @@ class MirrorSync:
         self.allow_large_removal = allow_large_removal
         self.dry_run = dry_run
         self.runset: RunSet | None = None
+        #: Whether members are added while reading: the list had no confirmed member at the
+        #: first batch (decided then, once).
+        self.streaming: bool | None = None
         #: Set when the cap held removals back: the run ends non-zero with this message.
         self.held_message: str | None = None
 
@@ -181,85 +226,93 @@ class MirrorSync:
         if self.runset is None:
             snapshot = self.writer.snapshot
             self.runset = RunSet(snapshot.codec if snapshot else KeyCodec(None))
+            self.streaming = snapshot is None or snapshot.members_at_open == 0
         return self.runset
 
     def take(self, ops: dict[str, bool], keeps: list[str]) -> None:
-        """One batch of the source: add members the snapshot does not confirm."""
+        """One batch of the source: remember it; on a list with no member yet, add now."""
         writer = self.writer
         runset = self._runset()
-        in_flight = set(writer.in_flight_ids)  # copied BEFORE the lookup: see below
-        snapshot = writer.snapshot
-        confirmed: set[str] = set()
-        if snapshot is not None:
-            # An identifier confirmed after the copy was in flight at the copy: either way
-            # it is known, so nothing is added twice.
-            confirmed = snapshot.confirmed([*ops, *keeps])
-        runset.put(ops, keeps, confirmed)
-        if self.dry_run:
+        encode = runset.codec.encode
+        keys = [encode(digest) for digest in ops]
+        runset.put(zip(keys, ops.values(), strict=True), [encode(d) for d in keeps])
+        if not self.streaming or self.dry_run:
             return
-        adds, in_doubt = writer.adds, writer.in_doubt
-        for digest, is_add in ops.items():
+        wanted = zip(keys, ops.values(), strict=True)
+        new = runset.first_seen([key for key, is_add in wanted if is_add])
+        adds = writer.adds
+        for (digest, is_add), key in zip(ops.items(), keys, strict=True):
             if not is_add:
                 adds.pop(digest, None)  # removed, if at all, once the input is complete
-            elif digest not in confirmed and digest not in in_flight and digest not in in_doubt:
+            elif key in new:
                 adds[digest] = None
+        # Whatever this misses (a member taken back, then named again) the plan adds.
         writer.flush(full_only=True)
 
     def finish(self) -> None:
-        """The whole input was read and every add confirmed: count, then remove the rest."""
+        """The whole input was read: add what is still missing, then remove the rest."""
         runset = self._runset()
         writer, report = self.writer, self.report
         snapshot = writer.snapshot
-        members, unchanged, new = runset.counts()
-        report.members_in_source = members
-        report.unchanged = unchanged
         snapshot_new = snapshot is None or not snapshot.existed
         report.snapshot = "new" if snapshot_new else "existing"
         at_open = snapshot.members_at_open if snapshot is not None else 0
-        plan = runset.plan_removals(snapshot, snapshot_new=snapshot_new)
-        reason = self._cap_reason(plan, members, at_open)
+        plan = runset.plan(snapshot, snapshot_new=snapshot_new, streamed=bool(self.streaming))
+        report.members_in_source = plan.members_in_source
+        report.unchanged = plan.unchanged
+        reason = self._cap_reason(plan, at_open)
         if self.dry_run:
-            report.identifiers_added = new
-            report.identifiers_removed = 0 if reason else plan.total
+            report.identifiers_added = plan.adds
+            report.identifiers_removed = 0 if reason else plan.removals
             if reason:
-                report.removals_held_back = plan.total
+                report.removals_held_back = plan.removals
                 report.removals_held_back_reason = reason
                 self.logger.warning("Dry run: a real run would hold back removals: %s", reason)
             return
+        if plan.adds:
+            self.logger.info("Adding %d members the snapshot does not confirm", plan.adds)
+            writer.adds.clear()
+            for chunk in runset.planned("adds", writer.per_request):
+                writer.adds.update(dict.fromkeys(chunk))
+                writer.flush(full_only=True)
+            writer.flush(full_only=False)
+            writer.wait_in_flight()
+            writer.reconcile()
         if reason:
-            report.removals_held_back = plan.total
+            report.removals_held_back = plan.removals
             report.removals_held_back_reason = reason
             self.held_message = (
-                f"Mirror sync held back {plan.total} removals from Customer List "
+                f"Mirror sync held back {plan.removals} removals from Customer List "
                 f"{writer.list_id}: {reason}. The adds were written; nothing was removed. If "
                 "the source is right, run once with allow_large_removal=true (for Meltano: "
                 f"{ALLOW_ENV}=true)"
             )
             return
-        if plan.total:
+        if plan.removals:
             self.logger.info(
                 "Removing %d identifiers the source no longer holds from Customer List %s",
-                plan.total,
+                plan.removals,
                 writer.list_id,
             )
-        for chunk in runset.removals(writer.per_request):
+        for chunk in runset.planned("removals", writer.per_request):
             writer.send("REMOVE", chunk)
         writer.wait_in_flight()
         writer.reconcile()
 
-    def _cap_reason(self, plan: RemovalPlan, members: int, at_open: int) -> str | None:
+    def _cap_reason(self, plan: Plan, at_open: int) -> str | None:
         """Why removals must wait for allow_large_removal, or None."""
-        if self.allow_large_removal or not plan.of_members:
+        removing = plan.removals_of_members
+        if self.allow_large_removal or not removing:
             return None
-        if members == 0:
+        if plan.members_in_source == 0:
             return (
                 f"the source holds no members (an empty or failed query looks like this) and "
-                f"would remove all {plan.of_members} confirmed members"
+                f"would remove all {removing} confirmed members"
             )
-        fraction = plan.of_members / at_open if at_open else 1.0
+        fraction = removing / at_open if at_open else 1.0
         if fraction > self.max_removal_fraction:
             return (
-                f"they would remove {plan.of_members} of the {at_open} confirmed members "
+                f"they would remove {removing} of the {at_open} confirmed members "
                 f"({fraction:.1%}), above max_removal_fraction {self.max_removal_fraction:g}"
             )
         return None

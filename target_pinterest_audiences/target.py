@@ -612,6 +612,7 @@ class TargetPinterestAudiences(Target):
             self.uploader.abort()
         self._emit_state(self.uploader.state_line())
         self._log_summary()
+        self.uploader.close()
 
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
         """SIGTERM/SIGINT: stop reading, finish the request in flight, checkpoint, exit non-zero."""
