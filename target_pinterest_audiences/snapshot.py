@@ -407,36 +407,30 @@ class Snapshot:
         (last,) = self._one(f"SELECT MAX(seq) FROM {_LOG} WHERE list_key = ?", (self._key,))
         if last is None:
             return
-        # Two integers of ours, inlined: PostgreSQL takes no parameters in CREATE TABLE AS.
+        # Two integers of ours, inlined.
         where = f"list_key = {int(self._key)} AND seq <= {int(last)}"
-        if self._sqlite:  # SQLite takes the other columns from the row holding MAX(seq)
-            latest = f"SELECT h, state, MAX(seq) FROM {_LOG} WHERE {where} GROUP BY h"
+        state = f"CASE state WHEN {MEMBER} THEN 1 WHEN {IN_DOUBT} THEN 0 ELSE -1 END"
+        # Rows go in key order (the members B-tree is written page after page, not at
+        # random); a GONE identifier becomes -1, deleted below unless a later row revived it.
+        if self._sqlite:
+            # SQLite applies the rows one by one, in this order: the latest state wins.
+            rows = f"SELECT ?, h, {state} FROM {_LOG} WHERE {where} ORDER BY h, seq"
         else:
-            latest = (
-                f"SELECT DISTINCT ON (h) h, state FROM {_LOG} WHERE {where} ORDER BY h, seq DESC"
+            # PostgreSQL takes each key once per statement: its latest row.
+            rows = (
+                f"SELECT ?, h, confirmed FROM (SELECT DISTINCT ON (h) h, {state} AS confirmed "
+                f"FROM {_LOG} WHERE {where} ORDER BY h, seq DESC) AS latest WHERE true"
             )
-        # Each identifier's latest state, once, in key order: inserting in key order writes
-        # the members B-tree page after page instead of at random.
         self._exec(
-            "CREATE TEMP TABLE pinterest_audience_latest "
-            + ("" if self._sqlite else "ON COMMIT DROP ")
-            + f"AS {latest}"
-        )
-        order = "rowid" if self._sqlite else "h"
-        self._exec(
-            f"INSERT INTO {_MEMBERS} (list_key, h, confirmed) SELECT ?, h, "
-            f"CASE WHEN state = {MEMBER} THEN 1 ELSE 0 END FROM pinterest_audience_latest "
-            f"WHERE state != {GONE} ORDER BY {order} "
+            f"INSERT INTO {_MEMBERS} (list_key, h, confirmed) {rows} "
             "ON CONFLICT (list_key, h) DO UPDATE SET confirmed = excluded.confirmed",
             (self._key,),
         )
         self._exec(
-            f"DELETE FROM {_MEMBERS} WHERE list_key = ? AND h IN "
-            f"(SELECT h FROM pinterest_audience_latest WHERE state = {GONE})",
+            f"DELETE FROM {_MEMBERS} WHERE list_key = ? AND confirmed = -1 AND h IN "
+            f"(SELECT h FROM {_LOG} WHERE {where} AND state = {GONE})",
             (self._key,),
         )
-        if self._sqlite:
-            self._exec("DROP TABLE pinterest_audience_latest")
         self._exec(f"DELETE FROM {_LOG} WHERE {where}")
         self._conn.commit()
 
