@@ -176,6 +176,8 @@ class MirrorSync:
         self.runset: RunSet | None = None
         #: Set when the cap held removals back: the run ends non-zero with this message.
         self.held_message: str | None = None
+        #: Set once the input is read: what the end of the run is doing (progress line).
+        self.phase: str | None = None
 
     def _runset(self) -> RunSet:
         if self.runset is None:
@@ -210,6 +212,7 @@ class MirrorSync:
         runset = self._runset()
         writer, report = self.writer, self.report
         snapshot = writer.snapshot
+        self.phase = "input read, planning removals"
         members, unchanged, new = runset.counts()
         report.members_in_source = members
         report.unchanged = unchanged
@@ -242,6 +245,7 @@ class MirrorSync:
                 plan.total,
                 writer.list_id,
             )
+        self.phase = f"removing {plan.total:,} identifiers"
         for chunk in runset.removals(writer.per_request):
             writer.send("REMOVE", chunk)
         writer.wait_in_flight()
