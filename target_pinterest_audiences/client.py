@@ -112,6 +112,38 @@ def parse_retry_after(value: str | None) -> float | None:
     return seconds if seconds >= 0 else None
 
 
+class WaitClock:
+    """Wall-clock seconds during which at least one thread was waiting, a wait in progress
+    included: concurrent waiters are not counted twice, and a progress line written during
+    a long wait already shows it."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._total = 0.0
+        self._waiting = 0
+        self._since = 0.0
+
+    def begin(self) -> None:
+        with self._lock:
+            if not self._waiting:
+                self._since = self.clock()
+            self._waiting += 1
+
+    def end(self) -> None:
+        with self._lock:
+            self._waiting -= 1
+            if not self._waiting:
+                self._total += max(0.0, self.clock() - self._since)
+
+    @property
+    def seconds(self) -> float:
+        with self._lock:
+            if self._waiting:
+                return self._total + max(0.0, self.clock() - self._since)
+            return self._total
+
+
 class SlidingWindowLimiter:
     """At most `limit` calls in any `window` seconds, counted from each call's completion.
 
@@ -133,27 +165,39 @@ class SlidingWindowLimiter:
         self._done: collections.deque[float] = collections.deque()
         self._in_flight = 0
         self._cond = threading.Condition()
-        self.waited_seconds = 0.0
+        #: How long calls were held back by the limit (read by the progress line).
+        self.waits = WaitClock(clock)
+
+    @property
+    def waited_seconds(self) -> float:
+        return self.waits.seconds
 
     def acquire(self) -> None:
         with self._cond:
-            while True:
-                now = self.clock()
-                while self._done and self._done[0] + self.window <= now:
-                    self._done.popleft()
-                if len(self._done) + self._in_flight < self.limit:
-                    self._in_flight += 1
-                    return
-                if self._done:
-                    wait = self._done[0] + self.window - now + 0.01
-                    self.waited_seconds += wait
-                    self._cond.release()
-                    try:
-                        self.sleep(wait)
-                    finally:
-                        self._cond.acquire()
-                else:
-                    self._cond.wait(1.0)
+            held = False
+            try:
+                while True:
+                    now = self.clock()
+                    while self._done and self._done[0] + self.window <= now:
+                        self._done.popleft()
+                    if len(self._done) + self._in_flight < self.limit:
+                        self._in_flight += 1
+                        return
+                    if not held:
+                        held = True
+                        self.waits.begin()
+                    if self._done:
+                        wait = self._done[0] + self.window - now + 0.01
+                        self._cond.release()
+                        try:
+                            self.sleep(wait)
+                        finally:
+                            self._cond.acquire()
+                    else:
+                        self._cond.wait(1.0)
+            finally:
+                if held:
+                    self.waits.end()
 
     def release(self) -> None:
         with self._cond:

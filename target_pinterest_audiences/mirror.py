@@ -221,6 +221,8 @@ class MirrorSync:
         self.streaming: bool | None = None
         #: Set when the cap held removals back: the run ends non-zero with this message.
         self.held_message: str | None = None
+        #: Set once the input is read: what the end of the run is doing (progress line).
+        self.phase: str | None = None
 
     def _runset(self) -> RunSet:
         if self.runset is None:
@@ -254,6 +256,7 @@ class MirrorSync:
         runset = self._runset()
         writer, report = self.writer, self.report
         snapshot = writer.snapshot
+        self.phase = "input read, comparing with the snapshot"
         snapshot_new = snapshot is None or not snapshot.existed
         report.snapshot = "new" if snapshot_new else "existing"
         at_open = snapshot.members_at_open if snapshot is not None else 0
@@ -271,6 +274,7 @@ class MirrorSync:
             return
         if plan.adds:
             self.logger.info("Adding %d members the snapshot does not confirm", plan.adds)
+            self.phase = f"adding {plan.adds:,} members"
             writer.adds.clear()
             for chunk in runset.planned("adds", writer.per_request):
                 writer.adds.update(dict.fromkeys(chunk))
@@ -294,6 +298,7 @@ class MirrorSync:
                 plan.removals,
                 writer.list_id,
             )
+        self.phase = f"removing {plan.removals:,} identifiers"
         for chunk in runset.planned("removals", writer.per_request):
             writer.send("REMOVE", chunk)
         writer.wait_in_flight()

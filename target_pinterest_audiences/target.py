@@ -243,6 +243,17 @@ class TargetPinterestAudiences(Target):
             ),
         ),
         th.Property(
+            "progress_interval_seconds",
+            th.NumberType(minimum=0),
+            default=30,
+            title="Progress interval (s)",
+            description=(
+                "How often a progress line is logged during a run: records read and skipped, "
+                "identifiers confirmed added and removed, requests, records per second, and the "
+                "time spent waiting on the write limit and on Pinterest. 0: no progress lines."
+            ),
+        ),
+        th.Property(
             "list_type",
             th.StringType(allowed_values=list(LIST_TYPES)),
             default="auto",
@@ -428,6 +439,7 @@ class TargetPinterestAudiences(Target):
             sync_mode=self.sync_mode,
             max_removal_fraction=float(config.get("max_removal_fraction", 0.2)),
             allow_large_removal=bool(config.get("allow_large_removal")),
+            progress_seconds=float(config.get("progress_interval_seconds", 30)),
         )
         self.flow = RecordFlow(
             uploader=self.uploader,

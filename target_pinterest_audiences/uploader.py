@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from target_pinterest_audiences.checkpoint import Checkpoints
-from target_pinterest_audiences.client import Interrupted, PinterestClient
+from target_pinterest_audiences.client import Interrupted, PinterestClient, WaitClock
 from target_pinterest_audiences.mirror import MirrorSync
+from target_pinterest_audiences.progress import Progress
 from target_pinterest_audiences.report import Report
 from target_pinterest_audiences.resolver import DRY_RUN_NEW_LIST, Resolver
 from target_pinterest_audiences.snapshot import SnapshotStore
@@ -69,6 +70,7 @@ class Uploader:
         checkpoint_seconds: float = 60.0,
         concurrent_writes: int = 1,
         queue_depth: int = 3,
+        progress_seconds: float = 0.0,
     ) -> None:
         self.client = client
         self.dry_run = dry_run
@@ -121,10 +123,28 @@ class Uploader:
         self.error: BaseException | None = None
         self.stopping = threading.Event()
         self._last_checkpoint = time.monotonic()
+        #: What the run is doing, for the progress line (mirror.phase takes over at the end).
+        self._phase = "reading"
+        #: How long the main thread was blocked handing batches to this thread.
+        self.input_waits = WaitClock()
+        self.progress = Progress(
+            interval=progress_seconds,
+            report=report,
+            client=client,
+            input_waits=self.input_waits,
+            phase=self.phase,
+            logger=logger,
+        )
 
     @property
     def distinct_added(self) -> set[str]:
         return self.writer.distinct_added
+
+    def phase(self) -> str:
+        phase = (self.mirror.phase if self.mirror else None) or self._phase
+        if self.mirror is not None:
+            phase = f"mirror, {phase}"
+        return f"dry run, {phase}" if self.dry_run else phase
 
     @property
     def held_message(self) -> str | None:
@@ -143,17 +163,29 @@ class Uploader:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="pinterest-writer", daemon=True)
         self._thread.start()
+        self.progress.start()
 
     def submit(self, batch: Batch) -> None:
         """Queue a batch; blocks while the queue is full (backpressure keeps memory flat)."""
-        while True:
-            if self.error is not None or self.stopping.is_set():
-                return
-            try:
-                self._queue.put(batch, timeout=0.5)
-                return
-            except queue.Full:
-                continue
+        if self.error is not None or self.stopping.is_set():
+            return
+        try:
+            self._queue.put_nowait(batch)
+            return
+        except queue.Full:
+            pass
+        self.input_waits.begin()  # reading is paused until the writes catch up
+        try:
+            while True:
+                if self.error is not None or self.stopping.is_set():
+                    return
+                try:
+                    self._queue.put(batch, timeout=0.5)
+                    return
+                except queue.Full:
+                    continue
+        finally:
+            self.input_waits.end()
 
     def finish(self, *, complete: bool = True) -> None:
         """Wait until every queued batch is written (or the writer failed).
@@ -163,6 +195,7 @@ class Uploader:
         """
         if self._thread is None:
             return
+        self._phase = "input read, finishing writes"
         stop = _STOP if complete else _STOP_INCOMPLETE
         if self.error is None and not self.stopping.is_set():
             while True:
@@ -173,6 +206,7 @@ class Uploader:
                     if self.error is not None or not self._thread.is_alive():
                         break
         self._thread.join()
+        self.progress.stop()
 
     def abort(self) -> None:
         """Stop after the request in flight: queued batches are dropped, never half-written."""
@@ -181,6 +215,7 @@ class Uploader:
             self.client.stop_event.set()
         if self._thread is not None:
             self._thread.join()
+        self.progress.stop()
 
     def close(self) -> None:
         """Release the run's resources (the snapshot store's locks go with the process)."""

@@ -15,6 +15,7 @@ import pytest
 from target_pinterest_audiences.client import (
     RetryPolicy,
     SlidingWindowLimiter,
+    WaitClock,
     _is_too_large,
     parse_retry_after,
 )
@@ -108,6 +109,40 @@ def test_limiter_does_not_wait_under_the_limit() -> None:
         limiter.release()
     assert clock.now == 1000.0
     assert limiter.waited_seconds == 0
+
+
+def test_limiter_wait_shows_while_it_lasts() -> None:
+    """The progress line reads waited_seconds from another thread during a long wait."""
+    clock = FakeClock()
+    seen_during = []
+
+    def sleep(seconds: float) -> None:
+        clock.now += seconds / 2
+        seen_during.append(limiter.waited_seconds)
+        clock.now += seconds / 2
+
+    limiter = SlidingWindowLimiter(1, window=60.0, clock=clock, sleep=sleep)
+    limiter.acquire()
+    limiter.release()
+    limiter.acquire()  # waits a full window
+    limiter.release()
+    assert seen_during == [pytest.approx(30.005)]
+    assert limiter.waited_seconds == pytest.approx(60.01)
+
+
+def test_wait_clock_counts_overlapping_waits_once() -> None:
+    clock = FakeClock()
+    waits = WaitClock(clock)
+    waits.begin()
+    clock.now += 5
+    waits.begin()  # a second thread waits too
+    clock.now += 5
+    waits.end()
+    assert waits.seconds == 10
+    clock.now += 5
+    waits.end()
+    clock.now += 100  # nobody waits: not counted
+    assert waits.seconds == 15
 
 
 def test_token_store_writes_atomically_with_mode_0600(tmp_path) -> None:

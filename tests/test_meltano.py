@@ -6,6 +6,8 @@
   PostgreSQL server given by the PG* variables (scripts/setup-postgres.sh starts one);
   without one the test is skipped and says why (TPA_REQUIRE_POSTGRES=1 makes that a failure);
 - `meltano config list` shows every setting the target has, never a secret.
+- many segments at once: the README's recipe (one inherited extractor and loader per
+  segment) run as three parallel `meltano run` jobs on one emulator and one token file.
 
 Each test gets its own emulator and Meltano project; Meltano and the plugin venvs are built
 once and cached (tests/meltano_helpers.py).
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,8 +27,10 @@ from typing import Any
 
 import meltano_helpers as mh
 import pytest
+import yaml
 
 from target_pinterest_audiences.emulator import Emulator
+from target_pinterest_audiences.tokens import TokenStore
 
 pytestmark = pytest.mark.meltano
 
@@ -321,3 +326,129 @@ def test_config_list_shows_settings_not_secrets(meltano: mh.Meltano) -> None:
     assert daily["interval"] == "@daily"
     assert daily["job"]["name"] == "sample-to-pinterest"
     assert daily["job"]["tasks"] == [f"{mh.CSV_TAP} {mh.LOADER}"]
+
+
+# ---- many segments at once -------------------------------------------------------------------
+
+_RECIPE_MARKER = "<!-- tests/test_meltano.py merges this block"
+
+
+def segments_recipe() -> dict[str, Any]:
+    """The README's recipe for many segments, exactly as a user copies it."""
+    text = (mh.REPO / "README.md").read_text(encoding="utf-8")
+    start = text.index("```yaml\n", text.index(_RECIPE_MARKER)) + len("```yaml\n")
+    return yaml.safe_load(text[start : text.index("```", start)])
+
+
+def test_segments_run_as_parallel_jobs(meltano: mh.Meltano, emu: Emulator, sample: Any) -> None:
+    """Three segment jobs of the README's recipe at once: one source, one emulator, one token
+    file whose refresh token is single-use and rotated while the jobs run."""
+    recipe = segments_recipe()
+    project_file = meltano.project / "meltano.yml"
+    project = yaml.safe_load(project_file.read_text(encoding="utf-8"))
+    for kind in ("extractors", "loaders"):
+        project["plugins"][kind] += recipe["plugins"][kind]
+    for key in ("jobs", "schedules"):
+        project[key] += recipe[key]
+    project_file.write_text(yaml.safe_dump(project, sort_keys=False), encoding="utf-8")
+
+    # Each job: its extractor's segment filter and its loader's Audience.
+    plugins = {
+        p["name"]: p["config"]
+        for kind in ("extractors", "loaders")
+        for p in recipe["plugins"][kind]
+    }
+    jobs = []
+    for job in recipe["jobs"]:
+        (task,) = job["tasks"]
+        tap, target = task.split()
+        where = plugins[tap]["stream_maps"]["customers"]["__filter__"]
+        segment = re.fullmatch(r"segment_name == '(.+)'", where)
+        assert segment, where
+        jobs.append((job["name"], tap, target, segment[1], plugins[target]["audience_name"]))
+    assert len(jobs) == 3
+
+    # One export holding the three segments, interleaved.
+    segments = [segment for _, _, _, segment, _ in jobs]
+    base = mh.read_rows(mh.REPO / "sample" / "customers.csv")
+    rows = [dict(row, segment_name=segments[i % 3]) for i, row in enumerate(base)]
+    mh.write_rows(sample, rows, meltano.project / "sample" / "customers.csv", time.time() - 3600)
+
+    # One token file for all jobs: every access token serves three requests, and a refresh
+    # token works once, so the jobs must share each rotated pair through the file.
+    token_file = meltano.project / ".meltano" / "dev-tokens.json"
+    TokenStore(token_file).save(
+        {"access_token": mh.ACCESS_TOKEN, "refresh_token": "emu-refresh-token"}
+    )
+    # Slow writes in small requests, one at a time: each job writes for a few seconds, so
+    # the jobs write (and refresh) while the others do.
+    emu.configure(refresh_single_use=True, access_token_ttl_requests=3, write_delay_ms=300)
+    env = dict(
+        meltano.env,
+        TARGET_PINTEREST_AUDIENCES_CLIENT_ID="emu-client-id",
+        TARGET_PINTEREST_AUDIENCES_CLIENT_SECRET="emu-client-secret",
+        TARGET_PINTEREST_AUDIENCES_IDENTIFIERS_PER_REQUEST="80",
+        TARGET_PINTEREST_AUDIENCES_MAX_CONCURRENT_WRITES="1",
+    )
+
+    # As in any project that ran before: the system database exists (created by the first
+    # command; three first commands at once would race to create it).
+    meltano("state", "list")
+    procs = [
+        subprocess.Popen(
+            [str(meltano.exe), "--environment=dev", "run", name],
+            cwd=meltano.project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, *_ in jobs
+    ]
+    failed = []
+    for (name, *_), proc in zip(jobs, procs, strict=True):
+        _, err = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            failed.append(f"{name} exited {proc.returncode}:\n{err[-6000:]}")
+    assert not failed, "\n\n".join(failed)
+
+    state = emu.state()
+    lists = {str(item["id"]): item for item in state["lists"]}
+    audiences = {str(item["id"]): item for item in state["audiences"]}
+    assert len(lists) == len(audiences) == 3, (state["lists"], state["audiences"])
+    refreshes = 0
+    for _, tap, target, segment, audience_name in jobs:
+        state_id = f"dev:{tap}-to-{target}"
+        proc = meltano("--environment=dev", "state", "get", state_id)
+        value = json.loads(proc.stdout[proc.stdout.index("{") :])
+        report = value.get("singer_state", value)["pinterest_audience"]
+        mine = [row for row in rows if row["segment_name"] == segment]
+        expected, skipped = mh.apply_rows(mine)
+        assert report["segment_name"] == segment, (state_id, report)
+        assert report["audience_name"] == audience_name
+        assert report["records_received"] == len(mine)
+        assert skipped_total(report) == skipped
+        assert report["complete"] is True
+        lst = lists[str(report["segment_id"])]
+        audience = audiences[str(report["audience_id"])]
+        assert lst["name"] == segment
+        assert audience["name"] == audience_name
+        assert str(audience["rule"]["customer_list_id"]) == str(lst["id"])
+        assert set(lst["members"]) == expected, segment
+        refreshes += report["token_refreshes"]
+    # The jobs wrote at the same time: each list's updates overlap the others'.
+    spans = []
+    for list_id in lists:
+        times = [
+            r["t"]
+            for r in state["requests"]
+            if r["method"] == "PATCH" and r["path"].endswith(f"/customer_lists/{list_id}")
+        ]
+        assert len(times) >= 3, (list_id, times)
+        spans.append((min(times), max(times)))
+    assert max(s for s, _ in spans) < min(e for _, e in spans), f"no overlap: {spans}"
+    # The token file was rotated while the jobs ran, and no job ever offered a spent token.
+    grants = [r for r in state["requests"] if r["path"] == "/v5/oauth/token"]
+    assert 1 <= refreshes <= len(grants), (refreshes, grants)
+    assert {r["status"] for r in grants} == {200}, grants
+    assert json.loads(token_file.read_text())["refresh_token"] != "emu-refresh-token"
