@@ -176,17 +176,43 @@ class MirrorSync:
         self.runset: RunSet | None = None
         #: Set when the cap held removals back: the run ends non-zero with this message.
         self.held_message: str | None = None
+        #: The list type of this run's identifiers, set with its first batch of them: how
+        #: the run's keys are stored while its list has no snapshot (the run creates it).
+        self.run_list_type: str | None = None
 
-    def _runset(self) -> RunSet:
+    def _runset(self, *, final: bool = False) -> RunSet | None:
+        """The run's set, in the key encoding of the list's kind; None while that kind is
+        unknown (no snapshot, no identifier yet), unless the run is over."""
         if self.runset is None:
             snapshot = self.writer.snapshot
-            self.runset = RunSet(snapshot.codec if snapshot else KeyCodec(None))
+            if snapshot is not None:
+                codec = snapshot.codec
+            elif self.run_list_type is not None or final:
+                codec = KeyCodec(self.run_list_type)
+            else:
+                return None
+            self.runset = RunSet(codec)
         return self.runset
+
+    def kind_changed(self) -> None:
+        """The snapshot now stores another kind of key (the list's kind was just recorded,
+        on a snapshot that held nothing): the run's set so far holds only identifiers of
+        skipped records, which protect no member there, so it starts again."""
+        if self.runset is not None:
+            self.runset.close()
+            self.runset = None
 
     def take(self, ops: dict[str, bool], keeps: list[str]) -> None:
         """One batch of the source: add members the snapshot does not confirm."""
         writer = self.writer
         runset = self._runset()
+        if runset is None:
+            # Only skipped records so far, and no snapshot: they protect no member.
+            assert not ops, "the run's list type is set before its first identifiers"
+            return
+        if keeps and not runset.codec.text:
+            # A skipped record's external id cannot be a member of a list of digests.
+            keeps = [key for key in keeps if runset.codec.accepts(key)]
         in_flight = set(writer.in_flight_ids)  # copied BEFORE the lookup: see below
         snapshot = writer.snapshot
         confirmed: set[str] = set()
@@ -207,7 +233,8 @@ class MirrorSync:
 
     def finish(self) -> None:
         """The whole input was read and every add confirmed: count, then remove the rest."""
-        runset = self._runset()
+        runset = self._runset(final=True)
+        assert runset is not None
         writer, report = self.writer, self.report
         snapshot = writer.snapshot
         members, unchanged, new = runset.counts()
