@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import requests
 from conftest import ACCESS_TOKEN, AD_ACCOUNT, email_hash, lists_named, records
+from test_mirror import snapshot_database  # noqa: F401 (a fixture: the PostgreSQL store)
 
 SEGMENT = "Partner segment"
 
@@ -268,11 +269,15 @@ def test_a_run_of_another_kind_than_a_known_list_stops_before_any_write(
     assert_never_echoed(lr_run.stderr, ["XYkindLR", "known@example.com"])
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
 def test_kinds_of_lists_made_elsewhere_are_recorded_by_the_first_external_run(
-    emulator, base_config, run_target
+    emulator, base_config, run_target, store, request
 ):
     """Pinterest does not say a list's kind: a list made elsewhere takes the kind of the first
     external-id run that writes to it, and a later run of another kind stops."""
+    if store == "postgres":
+        url, _ = request.getfixturevalue("snapshot_database")
+        base_config = {**base_config, "snapshot_url": url}
     made = requests.post(
         f"{emulator.api_url}/ad_accounts/{AD_ACCOUNT}/customer_lists",
         json={"name": SEGMENT, "records": "XYelsewhere0000", "list_type": "HASHED_PINNER_ID"},
