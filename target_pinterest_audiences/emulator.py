@@ -87,8 +87,32 @@ READY_MIN_SIZE = 100
 
 # ``[0-9]`` rather than ``\d``: ``\d`` also matches non-ASCII digits.
 _ID_RE = re.compile(r"[0-9]{1,18}")
-_HASH_RE = re.compile(r"[0-9a-f]{64}")
-_RECORDS_RE = re.compile(r"[0-9a-f]{64}(?:,[0-9a-f]{64})*")
+# What one record of a list may be, by the list's list_type: EMAIL, MAID and IDFA lists take
+# lowercase SHA-256 hex digests (what the target uploads), HASHED_PINNER_ID lists lowercase
+# SHA-256, SHA-1 or MD5 digests, and LR_ID/DLX_ID lists partner ids as given: 1 to 256
+# characters, none a comma, whitespace, control character or lone surrogate.
+_SHA256_RECORD = r"[0-9a-f]{64}"
+_PINNER_RECORD = r"(?:[0-9a-f]{64}|[0-9a-f]{40}|[0-9a-f]{32})"
+_PARTNER_RECORD = r"[^,\s\x00-\x1f\x7f-\x9f\ud800-\udfff]{1,256}"
+_RECORD_RULES: dict[str, tuple[str, str]] = {
+    "EMAIL": (_SHA256_RECORD, "a lowercase SHA-256 hex digest"),
+    "MAID": (_SHA256_RECORD, "a lowercase SHA-256 hex digest"),
+    "IDFA": (_SHA256_RECORD, "a lowercase SHA-256 hex digest"),
+    "HASHED_PINNER_ID": (_PINNER_RECORD, "a lowercase hex SHA-256, SHA-1 or MD5 digest"),
+    "LR_ID": (
+        _PARTNER_RECORD,
+        "an id of 1 to 256 characters without comma, whitespace or control character",
+    ),
+    "DLX_ID": (
+        _PARTNER_RECORD,
+        "an id of 1 to 256 characters without comma, whitespace or control character",
+    ),
+}
+#: list_type -> (one record, a whole ``records`` string of them, what a record must be).
+_RECORD_CHECKS: dict[str, tuple[re.Pattern[str], re.Pattern[str], str]] = {
+    list_type: (re.compile(one), re.compile(f"{one}(?:,{one})*"), what)
+    for list_type, (one, what) in _RECORD_RULES.items()
+}
 _FIELD_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,39}")
 _AD_ACCOUNT_ROUTE = re.compile(r"/v5/ad_accounts/([^/]*)/(customer_lists|audiences)(?:/([^/]*))?")
 _WRITE_METHODS = frozenset({"POST", "PATCH"})
@@ -390,18 +414,20 @@ def _enum(
     return value
 
 
-def _parse_records(value: Any) -> list[str]:
-    """Split and check ``records``; errors name the entry's index, never its value."""
+def _parse_records(value: Any, list_type: str) -> list[str]:
+    """Split and check ``records`` against the list's own list_type; errors name the entry's
+    index, never its value."""
+    one, whole, what = _RECORD_CHECKS[list_type]
     if not isinstance(value, str):
-        raise _bad("records: must be a string of comma-separated SHA-256 hex digests")
+        raise _bad("records: must be a string of comma-separated records")
     if not value:
         raise _bad("records: must not be empty")
-    if _RECORDS_RE.fullmatch(value):  # the common case: one C-speed pass over the whole string
+    if whole.fullmatch(value):  # the common case: one C-speed pass over the whole string
         return value.split(",")
     for index, entry in enumerate(value.split(",")):
-        if not _HASH_RE.fullmatch(entry):
-            raise _bad(f"records: entry at index {index} is not a lowercase SHA-256 hex digest")
-    raise _bad("records: not a list of lowercase SHA-256 hex digests")  # pragma: no cover
+        if not one.fullmatch(entry):
+            raise _bad(f"records: entry at index {index} is not {what} (list_type {list_type})")
+    raise _bad(f"records: not a list of {what}s")  # pragma: no cover
 
 
 def _parse_scope(raw: str) -> frozenset[str]:
@@ -1163,7 +1189,7 @@ class Emulator:
         _check_fields(body, ("name", "records", "list_type"), ("name", "records"))
         name = _nonempty_str(body, "name")
         list_type = _enum(body, "list_type", LIST_TYPES, default="EMAIL")
-        records = _parse_records(body["records"])
+        records = _parse_records(body["records"], list_type)
         now = int(time.time())
         with self._lock:
             lst = _CustomerList(
@@ -1185,9 +1211,10 @@ class Emulator:
         self._check_record_cap(req, body)
         _check_fields(body, ("operation_type", "records"), ("operation_type", "records"))
         operation = _enum(body, "operation_type", LIST_OPERATIONS)
-        records = _parse_records(body["records"])
         with self._lock:
             lst = self._find_list(account, list_id)
+            # A list keeps the list_type it was created with: its records must be of that kind.
+            records = _parse_records(body["records"], lst.list_type)
             if operation == "ADD":
                 lst.members.update(records)
                 lst.uploaded += len(records)

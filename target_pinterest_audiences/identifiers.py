@@ -1,19 +1,25 @@
 """Identifier rules: the standard audience schema, normalization and hashing.
 
-Every rule about what a record may hold and how an identifier becomes the SHA-256 hex
-digest Pinterest matches on lives here, as pure functions with no I/O, so that it can
-be read in one place and tested with fixed vectors. Nothing here ever puts a raw value
-into an error message: errors name the field and the reason only.
+Every rule about what a record may hold and how an identifier becomes the value Pinterest
+matches on (the SHA-256 hex digest of an email, MAID or IDFA; a custom external id as
+given) lives here, as pure functions with no I/O, so that it can be read in one place and
+tested with fixed vectors. Nothing here ever puts a raw value into an error message:
+errors name the field and the reason only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from typing import Any, NamedTuple
 
+#: The kind of a custom external id (see EXTERNAL_ID_TYPES).
+EXTERNAL = "external"
+
 #: Identifier fields of the standard audience schema, in the order they are read.
-#: Each maps to (kind, is_pre_hashed); kind is what the identifier is (email, maid, idfa).
+#: Each maps to (kind, is_pre_hashed); kind is what the identifier is (email, maid, idfa,
+#: external). An external id is never hashed by the target: it is sent as given.
 IDENTIFIER_FIELDS: dict[str, tuple[str, bool]] = {
     "email": ("email", False),
     "email_sha256": ("email", True),
@@ -21,7 +27,12 @@ IDENTIFIER_FIELDS: dict[str, tuple[str, bool]] = {
     "maid_sha256": ("maid", True),
     "idfa": ("idfa", False),
     "idfa_sha256": ("idfa", True),
+    "external_id": (EXTERNAL, True),
 }
+#: The kinds of custom external id (Pinterest list types) that `external_id` may hold.
+EXTERNAL_ID_TYPES = ("LR_ID", "DLX_ID", "HASHED_PINNER_ID")
+#: LiveRamp and Datalogix ids: at most this many characters.
+MAX_EXTERNAL_ID_LENGTH = 256
 
 ACTIONS = {"add": True, "remove": False}
 
@@ -98,6 +109,81 @@ _NEVER_MATCHING: dict[str, tuple[str, str]] = {
     },
 }
 
+# Custom external ids (Pinterest list types LR_ID, DLX_ID, HASHED_PINNER_ID) are sent as
+# given after trimming, never hashed by the target: the partner (LiveRamp, Datalogix) or the
+# advertiser made them. A hashed pinner id is a hex digest in one of the three algorithms
+# Pinterest names for records (SHA-256, SHA-1, MD5), lowercased like every other digest.
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}|[0-9a-f]{40}|[0-9a-f]{32}")
+#: What Pinterest's comma-separated `records` string cannot carry inside one id, or what
+#: would make the id another string than the partner's: commas, whitespace, control
+#: characters (Unicode Cc) and lone surrogates (no UTF-8 form).
+_EXTERNAL_ID_BREAKERS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(","), "it holds a comma, which separates records in Pinterest's requests"),
+    (re.compile(r"\s"), "it holds whitespace"),
+    (_CONTROL, "it holds a control character"),
+    (_SURROGATE, "it is not valid Unicode (it holds a lone surrogate)"),
+)
+_HASHED_PINNER_ID_RULE = (
+    "it is not a hex SHA-256, SHA-1 or MD5 digest (64, 40 or 32 hex characters)"
+)
+#: Digests, in the three algorithms, of the placeholders a pipeline hashes for a missing
+#: value: as hashed pinner ids they match no one.
+_PLACEHOLDER_DIGESTS: dict[str, str] = {
+    getattr(hashlib, algorithm)(placeholder.encode()).hexdigest(): (
+        f"it is the {name} of "
+        + (f"the string '{placeholder}'" if placeholder else "the empty string")
+        + ", what a pipeline produces when it hashes a missing value: it matches no one"
+    )
+    for algorithm, name in (("sha256", "SHA-256"), ("sha1", "SHA-1"), ("md5", "MD5"))
+    for placeholder in PLACEHOLDER_VALUES
+}
+#: Placeholders written for a missing value, compared lowercased (LR_ID and DLX_ID).
+_PLACEHOLDER_WORDS = frozenset(v.lower() for v in PLACEHOLDER_VALUES if v)
+
+
+def external_id_violation(external_id: str, external_id_type: str) -> tuple[str, str] | None:
+    """(reason, broken rule as text) for a trimmed external id, or None when it may be sent.
+
+    HASHED_PINNER_ID: a lowercase hex SHA-256, SHA-1 or MD5 digest (the caller lowercases
+    it), not the digest of an empty or null placeholder. LR_ID and DLX_ID: at most
+    MAX_EXTERNAL_ID_LENGTH characters, no comma, whitespace, control or invisible
+    formatting character (a byte order mark or a zero-width space would make it another
+    id), and not a placeholder word such as 'null'. Never quotes the value.
+    """
+    if external_id_type == "HASHED_PINNER_ID":
+        if _HEX_DIGEST.fullmatch(external_id) is None:
+            return "invalid_external_id", _HASHED_PINNER_ID_RULE
+        placeholder = _PLACEHOLDER_DIGESTS.get(external_id)
+        return ("hash_of_empty_value", placeholder) if placeholder else None
+    if len(external_id) > MAX_EXTERNAL_ID_LENGTH:
+        return "invalid_external_id", f"it is longer than {MAX_EXTERNAL_ID_LENGTH} characters"
+    for pattern, rule in _EXTERNAL_ID_BREAKERS:
+        if pattern.search(external_id):
+            return "invalid_external_id", rule
+    if not external_id.isascii() and any(unicodedata.category(c) == "Cf" for c in external_id):
+        return (
+            "invalid_external_id",
+            "it holds an invisible formatting character (such as a byte order mark or a "
+            "zero-width space)",
+        )
+    if external_id.lower() in _PLACEHOLDER_WORDS:
+        return (
+            "placeholder_value",
+            "it is a placeholder ('null', 'none', 'nan' or 'undefined'), what a pipeline writes "
+            "for a missing value: it matches no one",
+        )
+    return None
+
+
+def normalize_external_id(value: str, external_id_type: str) -> str | None:
+    """The external id as sent: trimmed (and lowercased for HASHED_PINNER_ID, a hex
+    digest), never hashed; None when blank or when it breaks a rule of its type."""
+    try:
+        return _external_id(value, external_id_type)
+    except InvalidRecord:
+        return None
+
+
 #: The JSON schema the target applies to every record, whatever SCHEMA the tap sends.
 #: It documents the contract (tests check that it agrees with parse_record); the checks below
 #: implement it by hand because a generic validator would quote raw values in its
@@ -135,7 +221,8 @@ class ParsedRecord(NamedTuple):
     segment_name: str
     segment_id: str | None
     is_add: bool
-    #: (kind, sha256 hex) pairs, one per present identifier field.
+    #: (kind, value sent) pairs, one per present identifier field: a SHA-256 hex digest, or
+    #: an external id as given (then the only one: kinds are never mixed in a record).
     identifiers: tuple[tuple[str, str], ...]
 
 
@@ -239,18 +326,22 @@ _IDENTIFIER_RULES = {
 }
 
 
-def identifier_digest(field: str, value: object) -> str | None:
-    """The SHA-256 hex digest to send for one identifier field; None when absent.
+def identifier_digest(field: str, value: object, external_id_type: str | None = None) -> str | None:
+    """The value to send for one identifier field (a SHA-256 hex digest, or an external id
+    as given); None when absent.
 
     Every identifier rule, field by field: null, empty and blank are absent; anything else
     that breaks a rule raises InvalidRecord naming the field, the reason and the rule, never
     the value. Pre-hashed fields are passed through lowercased and are never hashed again.
+    `external_id` needs `external_id_type` (the setting), which says what kind of id it is.
     """
     kind, pre_hashed = IDENTIFIER_FIELDS[field]
     if value is None:
         return None
     if not isinstance(value, str):
         raise InvalidRecord(field, f"invalid_{field}", "must be a string")
+    if kind == EXTERNAL:
+        return _external_id(value, external_id_type)
     value = value.strip().lower()
     if not value:
         return None
@@ -267,16 +358,38 @@ def identifier_digest(field: str, value: object) -> str | None:
     return value if pre_hashed else sha256_hex(value)
 
 
-def hash_identifier(field: str, value: str) -> str | None:
-    """The SHA-256 hex digest to send for one identifier field, or None if absent or invalid."""
+def _external_id(value: str, external_id_type: str | None) -> str | None:
+    external_id = value.strip()
+    if not external_id:
+        return None
+    if external_id_type is None:
+        raise InvalidRecord(
+            "external_id",
+            "external_id_type_not_set",
+            "needs the setting external_id_type (" + ", ".join(EXTERNAL_ID_TYPES) + ") to say "
+            "what kind of id it holds: set it, or drop the field with stream_maps",
+        )
+    if external_id_type == "HASHED_PINNER_ID":
+        external_id = external_id.lower()
+    broken = external_id_violation(external_id, external_id_type)
+    if broken is not None:
+        reason, rule = broken
+        raise InvalidRecord("external_id", reason, f"is not a valid {external_id_type}: {rule}")
+    return external_id
+
+
+def hash_identifier(field: str, value: str, external_id_type: str | None = None) -> str | None:
+    """The value to send for one identifier field, or None if absent or invalid."""
     try:
-        return identifier_digest(field, value)
+        return identifier_digest(field, value, external_id_type)
     except InvalidRecord:
         return None
 
 
-def salvage_identifiers(record: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    """(kind, digest) of every identifier field of a record that passes its own rule.
+def salvage_identifiers(
+    record: dict[str, Any], external_id_type: str | None = None
+) -> tuple[tuple[str, str], ...]:
+    """(kind, value sent) of every identifier field of a record that passes its own rule.
 
     For a record that may be invalid as a whole (a bad action, a second malformed
     identifier): its well-formed identifiers still name people, which matters when a skipped
@@ -286,7 +399,7 @@ def salvage_identifiers(record: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     found = []
     for field, (kind, _) in IDENTIFIER_FIELDS.items():
         try:
-            digest = identifier_digest(field, record.get(field))
+            digest = identifier_digest(field, record.get(field), external_id_type)
         except InvalidRecord:
             continue
         if digest is not None:
@@ -294,9 +407,10 @@ def salvage_identifiers(record: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(found)
 
 
-#: Per identifier field: (kind, is_pre_hashed, fast check on the trimmed lowercased value,
-#: highest length the fast check may accept). What the fast check accepts, at most that long
-#: and not in _NEVER_MATCHING, passes identifier_digest; anything else goes through it.
+#: Per hashed identifier field (external_id has rules of its own): (kind, is_pre_hashed,
+#: fast check on the trimmed lowercased value, highest length the fast check may accept).
+#: What the fast check accepts, at most that long and not in _NEVER_MATCHING, passes
+#: identifier_digest; anything else goes through it.
 _FIELD_RULES: dict[str, tuple[str, bool, Any, int]] = {
     field: (
         kind,
@@ -307,12 +421,22 @@ _FIELD_RULES: dict[str, tuple[str, bool, Any, int]] = {
         _EMAIL_FAST_MAX_LENGTH if kind == "email" and not pre_hashed else 64,
     )
     for field, (kind, pre_hashed) in IDENTIFIER_FIELDS.items()
+    if kind != EXTERNAL
 }
 _NO_IDENTIFIER = "no identifier present (need one of: " + ", ".join(IDENTIFIER_FIELDS) + ")"
+_MIXED_KINDS = (
+    "is present together with an email, MAID or IDFA identifier: a Customer List holds one "
+    "kind of identifier (its list_type), so external ids and the others go in separate runs "
+    "(separate segment names)"
+)
 _sha256 = hashlib.sha256
 
 
-def parse_record(record: dict[str, Any], default_action: bool | None = None) -> ParsedRecord:
+def parse_record(
+    record: dict[str, Any],
+    default_action: bool | None = None,
+    external_id_type: str | None = None,
+) -> ParsedRecord:
     """Validate a record against the standard audience schema and hash its identifiers.
 
     Raises InvalidRecord naming the first field at fault. `default_action` stands for a
@@ -321,7 +445,8 @@ def parse_record(record: dict[str, Any], default_action: bool | None = None) -> 
     once per record, so each identifier first meets a fast check inline that accepts the
     common case (a subset of what identifier_digest accepts); only what it does not accept
     goes through identifier_digest, the rules one by one. The result and the errors are
-    identifier_digest's.
+    identifier_digest's. `external_id_type` is the setting of that name; a record holding
+    an external id and another identifier is invalid (mixed_identifier_kinds).
     """
     get = record.get
     name = get("segment_name")
@@ -362,11 +487,10 @@ def parse_record(record: dict[str, Any], default_action: bool | None = None) -> 
             raise InvalidRecord("action", "unknown_action", "must be 'add' or 'remove'")
 
     identifiers = []
-    for field in IDENTIFIER_FIELDS:
+    for field, (kind, pre_hashed, fast_check, max_length) in _FIELD_RULES.items():
         value = get(field)
         if value is None:
             continue
-        kind, pre_hashed, fast_check, max_length = _FIELD_RULES[field]
         if isinstance(value, str):
             value = value.strip().lower()
             if not value:
@@ -384,6 +508,13 @@ def parse_record(record: dict[str, Any], default_action: bool | None = None) -> 
         slow_digest = identifier_digest(field, value)
         if slow_digest is not None:
             identifiers.append((kind, slow_digest))
+    external = get("external_id")
+    if external is not None:
+        external = identifier_digest("external_id", external, external_id_type)
+        if external is not None:
+            if identifiers:
+                raise InvalidRecord("external_id", "mixed_identifier_kinds", _MIXED_KINDS)
+            identifiers.append((EXTERNAL, external))
     if not identifiers:
         raise InvalidRecord("identifiers", "no_identifier", _NO_IDENTIFIER)
     return ParsedRecord(name, segment_id, is_add, tuple(identifiers))

@@ -223,18 +223,44 @@ class MirrorSync:
         self.held_message: str | None = None
         #: Set once the input is read: what the end of the run is doing (progress line).
         self.phase: str | None = None
+        #: The list type of this run's identifiers, set with its first batch of them: how
+        #: the run's keys are stored while its list has no snapshot (the run creates it).
+        self.run_list_type: str | None = None
 
-    def _runset(self) -> RunSet:
+    def _runset(self, *, final: bool = False) -> RunSet | None:
+        """The run's set, in the key encoding of the list's kind; None while that kind is
+        unknown (no snapshot, no identifier yet), unless the run is over."""
         if self.runset is None:
             snapshot = self.writer.snapshot
-            self.runset = RunSet(snapshot.codec if snapshot else KeyCodec(None))
+            if snapshot is not None:
+                codec = snapshot.codec
+            elif self.run_list_type is not None or final:
+                codec = KeyCodec(self.run_list_type)
+            else:
+                return None
+            self.runset = RunSet(codec)
             self.streaming = snapshot is None or snapshot.members_at_open == 0
         return self.runset
+
+    def kind_changed(self) -> None:
+        """The snapshot now stores another kind of key (the list's kind was just recorded,
+        on a snapshot that held nothing): the run's set so far holds only identifiers of
+        skipped records, which protect no member there, so it starts again."""
+        if self.runset is not None:
+            self.runset.close()
+            self.runset = None
 
     def take(self, ops: dict[str, bool], keeps: list[str]) -> None:
         """One batch of the source: remember it; on a list with no member yet, add now."""
         writer = self.writer
         runset = self._runset()
+        if runset is None:
+            # Only skipped records so far, and no snapshot: they protect no member.
+            assert not ops, "the run's list type is set before its first identifiers"
+            return
+        if keeps and not runset.codec.text:
+            # A skipped record's external id cannot be a member of a list of digests.
+            keeps = [key for key in keeps if runset.codec.accepts(key)]
         encode = runset.codec.encode
         keys = [encode(digest) for digest in ops]
         runset.put(zip(keys, ops.values(), strict=True), [encode(d) for d in keeps])
@@ -253,7 +279,8 @@ class MirrorSync:
 
     def finish(self) -> None:
         """The whole input was read: add what is still missing, then remove the rest."""
-        runset = self._runset()
+        runset = self._runset(final=True)
+        assert runset is not None
         writer, report = self.writer, self.report
         snapshot = writer.snapshot
         self.phase = "input read, comparing with the snapshot"

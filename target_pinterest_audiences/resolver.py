@@ -20,12 +20,28 @@ from target_pinterest_audiences.client import (
     RequestTooLarge,
     TargetError,
 )
+from target_pinterest_audiences.identifiers import EXTERNAL
 from target_pinterest_audiences.report import Report
 
 #: Stands for the list a dry run would have created, so later batches count as updates.
 DRY_RUN_NEW_LIST = "(new)"
 #: After an unanswered create, how long (beyond one request timeout) to look for it.
 CREATE_SETTLE_SECONDS = 5.0
+#: List types that take hashed emails, MAIDs and IDFAs alike (Pinterest: records "can be any
+#: combination of emails, MAIDs, or IDFAs"); each external id type is a kind of its own.
+HASHED_LIST_TYPES = frozenset({"EMAIL", "MAID", "IDFA"})
+
+
+def list_kind(list_type: str) -> str:
+    """What a list of this type holds: one kind for EMAIL, MAID and IDFA, else the type."""
+    return "hashed" if list_type in HASHED_LIST_TYPES else list_type
+
+
+def describe_list_type(list_type: str) -> str:
+    """The kind of identifier a list type holds, for messages."""
+    if list_type in HASHED_LIST_TYPES:
+        return f"email, MAID or IDFA identifiers (list_type {list_type})"
+    return f"{list_type} external ids (list_type {list_type})"
 
 
 class Resolver:
@@ -43,6 +59,7 @@ class Resolver:
         dry_run: bool,
         report: Report,
         logger: logging.Logger,
+        external_id_type: str | None = None,
     ) -> None:
         self.client = client
         self.account = ad_account_id
@@ -50,6 +67,7 @@ class Resolver:
         self.audience_id = audience_id
         self.audience_description = audience_description
         self.list_type = list_type
+        self.external_id_type = external_id_type
         self.dry_run = dry_run
         self.report = report
         self.logger = logger
@@ -88,8 +106,17 @@ class Resolver:
             "Audience %s uses Customer List %s", self.audience_id, self.audience_rule_list
         )
 
-    def resolve(self, segment_name: str, segment_id: str | None) -> None:
-        """Decide which list and audience this run writes to, before its first write."""
+    def resolve(
+        self,
+        segment_name: str,
+        segment_id: str | None,
+        on_list: Callable[[str], None] | None = None,
+    ) -> None:
+        """Decide which list and audience this run writes to, before its first write.
+
+        `on_list` is called with an existing list's id before anything is written (the
+        audience is created only after it returned), so that it may still stop the run.
+        """
         self.resolved = True
         self.report.segment_name = segment_name
         if self.audience_rule_list and segment_id and segment_id != self.audience_rule_list:
@@ -127,6 +154,8 @@ class Resolver:
                     "Adopting existing Customer List %s named %r", self.list_id, segment_name
                 )
         self.report.segment_id = self.list_id
+        if self.list_id and on_list is not None:
+            on_list(self.list_id)
         if self.list_id and not self.audience_id:
             self.ensure_audience()
 
@@ -210,7 +239,11 @@ class Resolver:
         self.report.audience_id = self.audience_id
 
     def new_list_type(self, kinds: set[str]) -> str:
-        """The list_type of a list created now from identifiers of these kinds."""
+        """The list_type of a list created now from identifiers of these kinds: the
+        external_id_type setting for external ids (a run never mixes them with others)."""
+        if EXTERNAL in kinds:
+            assert self.external_id_type is not None  # else every external id was invalid
+            return self.external_id_type
         if self.list_type != "auto":
             return self.list_type
         if kinds == {"maid"}:

@@ -2,7 +2,8 @@
 
 Records of every stream go through one `RecordFlow`, because a run syncs one segment and
 the final membership must equal applying every action in input order. The flow validates
-and hashes each record (identifiers.py), enforces the one-segment rule, keeps the final
+and hashes each record (identifiers.py), enforces the one-segment rule and the one-kind rule
+(a run sends external ids or email/MAID/IDFA identifiers, never both), keeps the final
 action per identifier in the open batch (the later action wins), and cuts the batch into
 the uploader's queue when it holds `identifiers_per_request` identifiers. Tap STATE is
 attached to the open batch, so it is emitted only after every record before it is written.
@@ -17,10 +18,13 @@ from singer_sdk.sinks import BatchSink
 
 from target_pinterest_audiences.client import TargetError
 from target_pinterest_audiences.identifiers import (
+    EXTERNAL,
+    IDENTIFIER_FIELDS,
     InvalidRecord,
     parse_record,
     salvage_identifiers,
 )
+from target_pinterest_audiences.rejected import RejectedRecords
 from target_pinterest_audiences.report import Report
 from target_pinterest_audiences.uploader import Batch, Uploader
 
@@ -43,6 +47,8 @@ class RecordFlow:
         skip_invalid: bool,
         logger: logging.Logger,
         mirror: bool = False,
+        external_id_type: str | None = None,
+        rejected: RejectedRecords | None = None,
     ) -> None:
         self.uploader = uploader
         #: Mirror mode: a record without an action is a member, and a skipped record's
@@ -56,6 +62,15 @@ class RecordFlow:
         self.record_number = 0
         self.segment: tuple[str, str | None] | None = None
         self.segment_first_record = 0
+        #: The external_id_type setting: what kind of id the external_id field holds.
+        self.external_id_type = external_id_type
+        #: Whether this run sends external ids (None until its first valid record says).
+        self.external: bool | None = None
+        self.kind_first_record = 0
+        #: Where skipped records are written (rejected_records_path), if anywhere.
+        self.rejected = rejected
+        #: Each stream's key properties (set by its sink), for the rejected-records file.
+        self.key_properties: dict[str, tuple[str, ...]] = {}
         self.open = Batch()
 
     def add(self, record: dict[str, Any], stream: str) -> None:
@@ -65,11 +80,22 @@ class RecordFlow:
         self.record_number += 1
         self.report.records_received += 1
         try:
-            parsed = parse_record(record, self.default_action)
+            parsed = parse_record(record, self.default_action, self.external_id_type)
+            # A record never mixes kinds (parse_record), so its first identifier says its kind.
+            external = parsed.identifiers[0][0] == EXTERNAL
+            if external is not self.external:
+                if self.external is not None:
+                    raise self._mixed_kinds(record, external)
+                self.external = external
+                self.kind_first_record = self.record_number
         except InvalidRecord as exc:
-            self._invalid(exc, stream)
+            self._invalid(exc, stream, record)
             if self.mirror:
-                self.open.keeps.extend(digest for _, digest in salvage_identifiers(record))
+                self.open.keeps.extend(
+                    digest
+                    for kind, digest in salvage_identifiers(record, self.external_id_type)
+                    if self.external is None or (kind == EXTERNAL) is self.external
+                )
             return
         segment = (parsed.segment_name, parsed.segment_id)
         if self.segment is None:
@@ -109,7 +135,38 @@ class RecordFlow:
         """Drop the open batch: on a fatal record or a signal, none of it is written."""
         self.open = Batch()
 
-    def _invalid(self, exc: InvalidRecord, stream: str) -> None:
+    def _mixed_kinds(self, record: dict[str, Any], external: bool) -> InvalidRecord:
+        """The first record of the other kind than the run's (and every later one)."""
+        since = f"since record {self.kind_first_record}"
+        if external:
+            field = "external_id"
+            what = (
+                "holds an external id, but this run sends email, MAID or IDFA identifiers "
+                f"({since})"
+            )
+        else:
+            field = next(
+                (
+                    name
+                    for name in IDENTIFIER_FIELDS
+                    if name != "external_id"
+                    and isinstance(record.get(name), str)
+                    and record[name].strip()
+                ),
+                "identifiers",
+            )
+            what = (
+                f"holds an email, MAID or IDFA identifier, but this run sends "
+                f"{self.external_id_type} external ids ({since})"
+            )
+        return InvalidRecord(
+            field,
+            "mixed_identifier_kinds",
+            f"{what}: a Customer List holds one kind of identifier (its list_type), so a run "
+            "sends one kind; send the other kind in a run of its own (another segment_name)",
+        )
+
+    def _invalid(self, exc: InvalidRecord, stream: str, record: dict[str, Any]) -> None:
         where = f"record {self.record_number} (stream '{stream}')"
         if not self.skip_invalid:
             raise TargetError(
@@ -119,6 +176,15 @@ class RecordFlow:
             )
         skipped = self.report.records_skipped
         skipped[exc.reason] = skipped.get(exc.reason, 0) + 1
+        if self.rejected is not None:
+            self.rejected.add(
+                record_number=self.record_number,
+                stream=stream,
+                key_properties=self.key_properties.get(stream, ()),
+                record=record,
+                field=exc.field,
+                reason=exc.reason,
+            )
         total = sum(skipped.values())
         if total <= SKIP_LOG_LIMIT:
             self.logger.warning("Skipping %s: %s", where, exc)
@@ -157,6 +223,7 @@ class AudienceSink(BatchSink):
     def __init__(self, target: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(target, *args, **kwargs)
         self.flow: RecordFlow = target.flow
+        self.flow.key_properties[self.stream_name] = tuple(self.key_properties or ())
 
     def _validate_and_parse(self, record: dict) -> dict:
         """Skip singer-sdk's parsing of the tap's date-time fields: no field we read is a

@@ -109,6 +109,13 @@ class KeyCodec:
         self.encode: Callable[[str], bytes] = str.encode if self.text else bytes.fromhex
         self.decode: Callable[[bytes], str] = bytes.decode if self.text else bytes.hex
 
+    def accepts(self, key: str) -> bool:
+        """Whether `key` can be stored: any text, or, for digests, lowercase hex pairs."""
+        return self.text or _HEX_KEY.fullmatch(key) is not None
+
+
+_HEX_KEY = re.compile(r"(?:[0-9a-f]{2})+")
+
 
 class SnapshotStore:
     """Where the snapshots of one ad account live; hands out one Snapshot per list."""
@@ -495,16 +502,33 @@ class Snapshot:
             last = page[-1][0]
 
     def set_list_type(self, list_type: str) -> None:
-        """Remember the kind a list was created with (Pinterest's answers do not say it)."""
-        if self.readonly or self._key < 0:
-            return
-        with self._lock:
-            self._exec(
-                f"UPDATE {_LISTS} SET list_type = ? WHERE list_key = ?", (list_type, self._key)
-            )
-            self._conn.commit()
+        """Remember the kind a list was created with (Pinterest's answers do not say it).
+
+        A read-only snapshot (a dry run) only takes it for this run: its keys are then
+        read in that kind's encoding.
+        """
+        if not self.readonly and self._key >= 0:
+            with self._lock:
+                self._exec(
+                    f"UPDATE {_LISTS} SET list_type = ? WHERE list_key = ?",
+                    (list_type, self._key),
+                )
+                self._conn.commit()
         self.list_type = list_type
         self._codec = KeyCodec(list_type)
+
+    def holds_any(self) -> bool:
+        """Whether any identifier is recorded for the list (a member, or one in doubt)."""
+        if self._key < 0:
+            return False
+        with self._lock:
+            row = self._one(f"SELECT 1 FROM {_MEMBERS} WHERE list_key = ? LIMIT 1", (self._key,))
+            if row is None and self.readonly:
+                # Not recovered by a read-only open: a journal row is a write in doubt.
+                row = self._one(
+                    f"SELECT 1 FROM {_JOURNAL} WHERE list_key = ? LIMIT 1", (self._key,)
+                )
+        return row is not None
 
     def close(self) -> None:
         """Merge what this run confirmed into the members, and let go of the database."""

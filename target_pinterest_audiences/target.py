@@ -31,7 +31,9 @@ from singer_sdk.singerlib.json import serialize_json
 from singer_sdk.target_base import Target
 
 from target_pinterest_audiences.client import PinterestClient, RetryPolicy, TargetError
+from target_pinterest_audiences.identifiers import EXTERNAL_ID_TYPES
 from target_pinterest_audiences.reader import SafeSingerReader
+from target_pinterest_audiences.rejected import RejectedRecords
 from target_pinterest_audiences.report import Report
 from target_pinterest_audiences.sink import AudienceSink, RecordFlow
 from target_pinterest_audiences.snapshot import SnapshotStore
@@ -161,6 +163,17 @@ class TargetPinterestAudiences(Target):
             ),
         ),
         th.Property(
+            "rejected_records_path",
+            th.StringType,
+            title="Rejected records file",
+            description=(
+                "With on_invalid_record=skip: append every skipped record to this file as one "
+                "JSON line (record_number, stream, keys: the stream's key properties and their "
+                "values, field, reason), to find the rows to fix. Identifier values are never "
+                "written. The file is kept private (mode 0600)."
+            ),
+        ),
+        th.Property(
             "dry_run",
             th.BooleanType,
             default=False,
@@ -261,6 +274,17 @@ class TargetPinterestAudiences(Target):
             description=(
                 "list_type of a new Customer List. auto: MAID or IDFA when the first upload holds "
                 "only that kind of id, else EMAIL (Pinterest's default)."
+            ),
+        ),
+        th.Property(
+            "external_id_type",
+            th.StringType(allowed_values=list(EXTERNAL_ID_TYPES)),
+            title="External id type",
+            description=(
+                "What the records' external_id field holds: LR_ID (LiveRamp), DLX_ID "
+                "(Datalogix) or HASHED_PINNER_ID (a hex SHA-256, SHA-1 or MD5 digest). Sent as "
+                "given, never hashed; the list a run of external ids creates gets this "
+                "list_type. A run sends external ids or email/MAID/IDFA identifiers, not both."
             ),
         ),
         th.Property(
@@ -417,6 +441,17 @@ class TargetPinterestAudiences(Target):
             url=config.get("snapshot_url"),
             logger=self.logger,
         )
+        skip_invalid = config.get("on_invalid_record", "fail") == "skip"
+        #: The rejected-records file (rejected_records_path), opened before anything is sent.
+        self.rejected: RejectedRecords | None = None
+        if config.get("rejected_records_path"):
+            if skip_invalid:
+                self.rejected = RejectedRecords(config["rejected_records_path"], self.logger)
+            else:
+                self.logger.warning(
+                    "rejected_records_path is used only with on_invalid_record=skip (now: "
+                    "fail, so an invalid record stops the run, naming it): no file is written"
+                )
         if not self.dry_run:
             # Two runs on one audience at once would corrupt its snapshot: the second stops.
             audience = config.get("audience_id") or config.get("audience_name")
@@ -440,14 +475,17 @@ class TargetPinterestAudiences(Target):
             max_removal_fraction=float(config.get("max_removal_fraction", 0.2)),
             allow_large_removal=bool(config.get("allow_large_removal")),
             progress_seconds=float(config.get("progress_interval_seconds", 30)),
+            external_id_type=config.get("external_id_type"),
         )
         self.flow = RecordFlow(
             uploader=self.uploader,
             report=self.report,
             identifiers_per_request=int(config.get("identifiers_per_request", 10_000)),
-            skip_invalid=config.get("on_invalid_record", "fail") == "skip",
+            skip_invalid=skip_invalid,
             logger=self.logger,
             mirror=self.sync_mode == "mirror",
+            external_id_type=config.get("external_id_type"),
+            rejected=self.rejected,
         )
         self.uploader.check_audience()
         self.uploader.start()
@@ -603,6 +641,8 @@ class TargetPinterestAudiences(Target):
         self._emit_state(self.uploader.state_line())
         self._log_summary()
         self.uploader.close()
+        if self.rejected is not None:
+            self.rejected.close()
         if held is not None:
             raise TargetError(held)
         if self.report.segment_name and not self.report.segment_id and not self.dry_run:
@@ -625,6 +665,8 @@ class TargetPinterestAudiences(Target):
         self._emit_state(self.uploader.state_line())
         self._log_summary()
         self.uploader.close()
+        if self.rejected is not None:
+            self.rejected.close()
 
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
         """SIGTERM/SIGINT: stop reading, finish the request in flight, checkpoint, exit non-zero."""
@@ -666,6 +708,15 @@ class TargetPinterestAudiences(Target):
             r.requests,
             r.retries,
         )
+        if self.rejected is not None:
+            lines = self.rejected.lines
+            self.logger.info(
+                "%s rejected records: %d line%s appended to %s",
+                prefix,
+                lines,
+                "" if lines == 1 else "s",
+                self.rejected.path,
+            )
         if r.sync_mode == "mirror":
             held = (
                 f"{r.removals_held_back} ({r.removals_held_back_reason})"

@@ -18,11 +18,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from target_pinterest_audiences.checkpoint import Checkpoints
-from target_pinterest_audiences.client import Interrupted, PinterestClient, WaitClock
+from target_pinterest_audiences.client import (
+    Interrupted,
+    PinterestClient,
+    TargetError,
+    WaitClock,
+)
+from target_pinterest_audiences.identifiers import EXTERNAL
 from target_pinterest_audiences.mirror import MirrorSync
 from target_pinterest_audiences.progress import Progress
 from target_pinterest_audiences.report import Report
-from target_pinterest_audiences.resolver import DRY_RUN_NEW_LIST, Resolver
+from target_pinterest_audiences.resolver import (
+    DRY_RUN_NEW_LIST,
+    Resolver,
+    describe_list_type,
+    list_kind,
+)
 from target_pinterest_audiences.snapshot import SnapshotStore
 from target_pinterest_audiences.writer import Writer
 
@@ -31,7 +42,8 @@ from target_pinterest_audiences.writer import Writer
 class Batch:
     """Identifiers to write, each with its final action in this batch, plus the state after."""
 
-    ops: dict[str, bool] = field(default_factory=dict)  # sha256 -> True (add) / False (remove)
+    #: Identifier sent (a sha256 hex digest or an external id) -> True (add) / False (remove)
+    ops: dict[str, bool] = field(default_factory=dict)
     #: Mirror mode: well-formed identifiers of skipped records (seen, left as they are).
     keeps: list[str] = field(default_factory=list)
     kinds: set[str] = field(default_factory=set)
@@ -71,6 +83,7 @@ class Uploader:
         concurrent_writes: int = 1,
         queue_depth: int = 3,
         progress_seconds: float = 0.0,
+        external_id_type: str | None = None,
     ) -> None:
         self.client = client
         self.dry_run = dry_run
@@ -88,6 +101,7 @@ class Uploader:
             dry_run=dry_run,
             report=report,
             logger=logger,
+            external_id_type=external_id_type,
         )
         self.writer = Writer(
             client=client,
@@ -118,6 +132,8 @@ class Uploader:
             else None
         )
         self._kinds: set[str] = set()
+        #: Whether the kind of this run's identifiers was checked against its list's.
+        self._kind_checked = False
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_depth)
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -276,13 +292,17 @@ class Uploader:
 
     def write_batch(self, batch: Batch) -> None:
         """Resolve the list before the first write, then hand the batch to the writer."""
+        self._kinds |= batch.kinds
         if batch.ops and not self.resolver.resolved:
             assert batch.segment_name is not None
-            self.resolver.resolve(batch.segment_name, batch.segment_id)
+            self.resolver.resolve(
+                batch.segment_name, batch.segment_id, on_list=self._attach_existing
+            )
             if self.resolver.list_id:
-                self._attach(self.resolver.list_id)
-        self._kinds |= batch.kinds
+                self._attach_existing(self.resolver.list_id)
         if self.mirror is not None:
+            if batch.ops and self.mirror.run_list_type is None:
+                self.mirror.run_list_type = self.resolver.new_list_type(self._kinds)
             if batch.ops or batch.keeps:
                 self.mirror.take(batch.ops, batch.keeps)
             return
@@ -314,6 +334,64 @@ class Uploader:
                     list_id,
                     self.store.where,
                 )
+
+    def _attach_existing(self, list_id: str) -> None:
+        """An existing list: its snapshot, then its kind checked against the run's."""
+        self._attach(list_id)
+        if not self._kind_checked:
+            self._kind_checked = True
+            self._check_kind(list_id)
+
+    def _check_kind(self, list_id: str) -> None:
+        """A list holds one kind of identifier, fixed when it is created: a run of another
+        kind stops before any write, naming both.
+
+        Pinterest's answers do not say a list's kind; the snapshot store knows it for the
+        lists this target created. A list made elsewhere has an unknown kind: identifiers
+        recorded for it by earlier runs (digests, without a kind) say email, MAID or IDFA;
+        else the kind of the first external-id run is recorded, so that its keys are
+        stored as what they are and a later run of another kind stops.
+        """
+        snapshot = self.writer.snapshot
+        if snapshot is None:
+            return
+        run_type = self.resolver.new_list_type(self._kinds)
+        where = self.store.where if self.store is not None else "the snapshot store"
+        known = snapshot.list_type
+        if known is not None:
+            holds = f"{describe_list_type(known)}, as recorded in the snapshot store {where}"
+        elif snapshot.holds_any():
+            # Digests recorded without a kind: written by runs of email, MAID or IDFA
+            # identifiers (external-id runs record their kind).
+            known = "EMAIL"
+            holds = (
+                "email, MAID or IDFA identifiers, written by earlier runs as recorded in the "
+                f"snapshot store {where}"
+            )
+        else:
+            if EXTERNAL in self._kinds:
+                snapshot.set_list_type(run_type)
+                if self.mirror is not None:
+                    self.mirror.kind_changed()
+                self.logger.warning(
+                    "Customer List %s has no known kind (it was made elsewhere, or its "
+                    "snapshot was lost) and Pinterest does not say it: this run's kind, %s, %s "
+                    "recorded for it in %s. If the list was made for another kind, these ids "
+                    "cannot match anyone: check it in Ads Manager",
+                    list_id,
+                    run_type,
+                    "would be" if self.dry_run else "is",
+                    where,
+                )
+            return
+        if list_kind(known) != list_kind(run_type):
+            raise TargetError(
+                f"Customer List {list_id} holds {holds}, but this run sends "
+                f"{describe_list_type(run_type)}: a Customer List holds one kind of "
+                "identifier, fixed when it is created. Nothing was written. Send these records "
+                "under another segment_name (a new list of their kind is created), or check "
+                "external_id_type and the source"
+            )
 
     def _create_list(self, chunk: list[str]) -> int:
         carried = self.resolver.create_list(chunk, self._kinds, self.writer.per_request)

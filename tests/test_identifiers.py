@@ -10,13 +10,16 @@ import pytest
 
 from target_pinterest_audiences.identifiers import (
     _EMAIL_FAST,
+    EXTERNAL_ID_TYPES,
     IDENTIFIER_FIELDS,
     InvalidRecord,
     email_violation,
+    external_id_violation,
     hash_identifier,
     identifier_digest,
     normalize_device_id,
     normalize_email,
+    normalize_external_id,
     normalize_sha256,
     parse_record,
     salvage_identifiers,
@@ -537,3 +540,169 @@ def test_salvage_identifiers_keeps_every_well_formed_identifier(
     record: dict, expected: tuple
 ) -> None:
     assert salvage_identifiers(record) == expected
+
+
+# --- Custom external ids (issue 11 section 3) -----------------------------------------------
+
+# md5("pinner-1"), sha1("pinner-1"), sha256("pinner-1")
+PINNER_MD5 = "03c57f5d1de3471a18110ee57d8c6e17"
+PINNER_SHA1 = "568087eab08ff2c7f53902c2cb2d478f7188b44d"
+PINNER_SHA256 = "10fc549d0e3888c440b50073e7725bec62aaeaeab760eb8bc0d17618dd0afa3e"
+
+
+@pytest.mark.parametrize(
+    ("id_type", "raw", "sent"),
+    [
+        # LR_ID and DLX_ID: trimmed, case and every other character kept, never hashed
+        (
+            "LR_ID",
+            "  XY1005wXyWPB5bqDlrZRVvKfxqa7Kqy5hLjsBJyB0HcSdoBq\t",
+            "XY1005wXyWPB5bqDlrZRVvKfxqa7Kqy5hLjsBJyB0HcSdoBq",
+        ),
+        ("LR_ID", "a", "a"),
+        ("LR_ID", "Z" * 256, "Z" * 256),
+        ("LR_ID", "Xi-_.+/=:;!#ÄöÜ", "Xi-_.+/=:;!#ÄöÜ"),
+        ("DLX_ID", " DLX-00001_ab ", "DLX-00001_ab"),
+        ("DLX_ID", "nullish", "nullish"),  # only the placeholder words themselves
+        # HASHED_PINNER_ID: a hex SHA-256, SHA-1 or MD5 digest, lowercased, never hashed again
+        ("HASHED_PINNER_ID", PINNER_SHA256.upper(), PINNER_SHA256),
+        ("HASHED_PINNER_ID", f" {PINNER_SHA1} ", PINNER_SHA1),
+        ("HASHED_PINNER_ID", PINNER_MD5.upper(), PINNER_MD5),
+    ],
+)
+def test_external_ids_are_sent_as_given_after_trimming(id_type: str, raw: str, sent: str) -> None:
+    assert normalize_external_id(raw, id_type) == sent
+    assert hash_identifier("external_id", raw, id_type) == sent
+    parsed = parse_record(
+        {"segment_name": "S", "action": "add", "external_id": raw}, external_id_type=id_type
+    )
+    assert parsed.identifiers == (("external", sent),)
+    assert salvage_identifiers({"external_id": raw}, id_type) == (("external", sent),)
+
+
+@pytest.mark.parametrize(
+    ("id_type", "raw", "reason", "rule"),
+    [
+        ("LR_ID", "XY 1005", "invalid_external_id", "it holds whitespace"),
+        ("LR_ID", "XY\u00a01005", "invalid_external_id", "it holds whitespace"),
+        ("LR_ID", "XY\u20291005", "invalid_external_id", "it holds whitespace"),
+        ("LR_ID", "XY,1005", "invalid_external_id", "it holds a comma"),
+        ("LR_ID", "XY\x001005", "invalid_external_id", "it holds a control character"),
+        ("DLX_ID", "XY\x7f1005", "invalid_external_id", "it holds a control character"),
+        ("DLX_ID", "XY\x851005", "invalid_external_id", "it holds whitespace"),  # NEL
+        ("DLX_ID", "XY\x9f1005", "invalid_external_id", "it holds a control character"),
+        ("LR_ID", "XY\ud8001005", "invalid_external_id", "it is not valid Unicode"),
+        ("LR_ID", "\ufeffXY1005", "invalid_external_id", "invisible formatting character"),
+        ("LR_ID", "XY\u200b1005", "invalid_external_id", "invisible formatting character"),
+        ("DLX_ID", "Z" * 257, "invalid_external_id", "longer than 256 characters"),
+        ("LR_ID", "null", "placeholder_value", "it is a placeholder"),
+        ("LR_ID", " NULL ", "placeholder_value", "it is a placeholder"),
+        ("DLX_ID", "None", "placeholder_value", "it is a placeholder"),
+        ("DLX_ID", "NaN", "placeholder_value", "it is a placeholder"),
+        ("LR_ID", "undefined", "placeholder_value", "it is a placeholder"),
+        ("HASHED_PINNER_ID", PINNER_SHA256[:-1], "invalid_external_id", "64, 40 or 32 hex"),
+        ("HASHED_PINNER_ID", PINNER_MD5 + "0", "invalid_external_id", "64, 40 or 32 hex"),
+        ("HASHED_PINNER_ID", "g" * 40, "invalid_external_id", "64, 40 or 32 hex"),
+        ("HASHED_PINNER_ID", "XY1005", "invalid_external_id", "64, 40 or 32 hex"),
+        (
+            "HASHED_PINNER_ID",
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "hash_of_empty_value",
+            "it is the SHA-256 of the empty string",
+        ),
+        (
+            "HASHED_PINNER_ID",
+            "DA39A3EE5E6B4B0D3255BFEF95601890AFD80709",
+            "hash_of_empty_value",
+            "it is the SHA-1 of the empty string",
+        ),
+        (
+            "HASHED_PINNER_ID",
+            "d41d8cd98f00b204e9800998ecf8427e",
+            "hash_of_empty_value",
+            "it is the MD5 of the empty string",
+        ),
+        (
+            "HASHED_PINNER_ID",
+            "37a6259cc0c1dae299a7866489dff0bd",
+            "hash_of_empty_value",
+            "it is the MD5 of the string 'null'",
+        ),
+    ],
+)
+def test_invalid_external_ids_name_the_reason_and_rule_never_the_value(
+    id_type: str, raw: str, reason: str, rule: str
+) -> None:
+    assert normalize_external_id(raw, id_type) is None
+    assert hash_identifier("external_id", raw, id_type) is None
+    with pytest.raises(InvalidRecord) as caught:
+        parse_record(
+            {"segment_name": "S", "action": "add", "external_id": raw}, external_id_type=id_type
+        )
+    assert caught.value.field == "external_id"
+    assert caught.value.reason == reason
+    assert rule in caught.value.detail
+    assert caught.value.detail.startswith(f"is not a valid {id_type}: ")
+    if len(raw.strip()) > 4 and not raw.strip().isalpha():
+        assert raw.strip() not in str(caught.value)
+        assert raw.strip().lower() not in str(caught.value)
+    assert salvage_identifiers({"external_id": raw}, id_type) == ()
+
+
+def test_external_id_violation_takes_the_trimmed_value() -> None:
+    assert external_id_violation("XY1005", "LR_ID") is None
+    assert external_id_violation(PINNER_MD5, "HASHED_PINNER_ID") is None
+    # the caller lowercases a hashed pinner id: upper case is not a lowercase digest
+    assert external_id_violation(PINNER_MD5.upper(), "HASHED_PINNER_ID") == (
+        "invalid_external_id",
+        "it is not a hex SHA-256, SHA-1 or MD5 digest (64, 40 or 32 hex characters)",
+    )
+
+
+@pytest.mark.parametrize("raw", [None, "", "   ", "\t\n"])
+@pytest.mark.parametrize("id_type", [*EXTERNAL_ID_TYPES, None])
+def test_blank_external_id_is_absent(raw: str | None, id_type: str | None) -> None:
+    assert hash_identifier("external_id", raw, id_type) is None  # type: ignore[arg-type]
+    parsed = parse_record(
+        {"segment_name": "S", "action": "add", "email": "a@b.co", "external_id": raw},
+        external_id_type=id_type,
+    )
+    assert [kind for kind, _ in parsed.identifiers] == ["email"]
+
+
+def test_external_id_needs_external_id_type() -> None:
+    with pytest.raises(InvalidRecord) as caught:
+        parse_record({"segment_name": "S", "action": "add", "external_id": "XY1005secret"})
+    assert caught.value.field == "external_id"
+    assert caught.value.reason == "external_id_type_not_set"
+    assert "needs the setting external_id_type (LR_ID, DLX_ID, HASHED_PINNER_ID)" in str(
+        caught.value
+    )
+    assert "XY1005secret" not in str(caught.value)
+    assert salvage_identifiers({"external_id": "XY1005secret"}) == ()
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"email": "a@b.co"},
+        {"maid": "6D92078A-8246-4BA4-AE5B-76104861E7DC"},
+        {"idfa_sha256": TEST_AT_EXAMPLE},
+    ],
+)
+def test_a_record_mixing_an_external_id_with_another_identifier_is_invalid(other: dict) -> None:
+    record = {"segment_name": "S", "action": "add", "external_id": "XY1005", **other}
+    with pytest.raises(InvalidRecord) as caught:
+        parse_record(record, external_id_type="LR_ID")
+    assert (caught.value.field, caught.value.reason) == ("external_id", "mixed_identifier_kinds")
+    # each identifier still passes its own rule: all are kept as seen in mirror mode
+    assert len(salvage_identifiers(record, "LR_ID")) == 2
+
+
+def test_external_id_is_a_schema_field_and_named_when_no_identifier_is_present() -> None:
+    from target_pinterest_audiences.identifiers import STANDARD_AUDIENCE_SCHEMA
+
+    assert STANDARD_AUDIENCE_SCHEMA["properties"]["external_id"] == {"type": ["string", "null"]}
+    with pytest.raises(InvalidRecord) as caught:
+        parse_record({"segment_name": "S", "action": "add"})
+    assert "external_id" in caught.value.detail

@@ -1,0 +1,114 @@
+"""The rejected-records file: which source rows were skipped, found again by their keys.
+
+With on_invalid_record=skip, counts by reason do not say which rows of the source to fix.
+When rejected_records_path is set, every skipped record is appended as one JSON line: its
+record number, stream, key properties with their values, the field at fault and the
+reason. Identifier values are never written, not even when an identifier field is a key
+property: the file exists to find rows, and is often passed around more freely than the
+data. It is private (mode 0600) whatever the umask, also when it already existed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from singer_sdk.singerlib.json import serialize_json
+
+from target_pinterest_audiences.client import TargetError
+from target_pinterest_audiences.identifiers import IDENTIFIER_FIELDS
+
+#: Key properties never written: identifier fields, whatever their case or padding.
+_IDENTIFIER_NAMES = frozenset(IDENTIFIER_FIELDS)
+
+
+class RejectedRecords:
+    """Appends one JSON line per skipped record; opened at start-up, so a bad path stops
+    the run before anything is written to Pinterest."""
+
+    def __init__(self, path: str | Path, logger: logging.Logger) -> None:
+        self.path = Path(path).expanduser()
+        self.logger = logger
+        #: Lines this run appended.
+        self.lines = 0
+        self._left_out_said: set[str] = set()
+        where = f"setting 'rejected_records_path' ({self.path})"
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise TargetError(
+                f"{where}: cannot open the file for appending ({exc.strerror}); point it at a "
+                "file in an existing, writable directory"
+            ) from None
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise TargetError(f"{where} is not a regular file; point it at a file")
+            # The umask may have removed bits from a new file, and an existing one may be
+            # readable by others: either way it ends exactly 0600.
+            if stat.S_IMODE(mode) != 0o600:
+                os.fchmod(fd, 0o600)
+        except OSError as exc:
+            os.close(fd)
+            raise TargetError(
+                f"{where}: cannot make the file private (mode 0600) ({exc.strerror}); point "
+                "it at a file you own"
+            ) from None
+        except TargetError:
+            os.close(fd)
+            raise
+        # Line-buffered: every line is on disk as soon as it is written, even if the run dies.
+        self._file = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+
+    def add(
+        self,
+        *,
+        record_number: int,
+        stream: str,
+        key_properties: Iterable[str],
+        record: Mapping[str, Any],
+        field: str,
+        reason: str,
+    ) -> None:
+        """One skipped record: its keys (never an identifier field), the field and reason."""
+        keys: dict[str, Any] = {}
+        left_out = []
+        for key in key_properties:
+            if key.strip().lower() in _IDENTIFIER_NAMES:
+                left_out.append(key)
+            else:
+                keys[key] = record.get(key)
+        if left_out and stream not in self._left_out_said:
+            self._left_out_said.add(stream)
+            self.logger.warning(
+                "Rejected-records file: key properties %s of stream '%s' are identifier "
+                "fields, so their values are left out of %s (identifiers are never written); "
+                "other key properties are written",
+                ", ".join(f"'{key}'" for key in left_out),
+                stream,
+                self.path,
+            )
+        line = serialize_json(
+            {
+                "record_number": record_number,
+                "stream": stream,
+                "keys": keys,
+                "field": field,
+                "reason": reason,
+            }
+        )
+        try:
+            self._file.write(line + "\n")
+        except OSError as exc:
+            raise TargetError(
+                f"cannot append to the rejected-records file {self.path} ({exc.strerror})"
+            ) from None
+        self.lines += 1
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
