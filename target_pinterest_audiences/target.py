@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
 import threading
 import traceback
@@ -31,7 +33,11 @@ from singer_sdk.singerlib.json import serialize_json
 from singer_sdk.target_base import Target
 
 from target_pinterest_audiences.client import PinterestClient, RetryPolicy, TargetError
-from target_pinterest_audiences.reader import SafeSingerReader
+from target_pinterest_audiences.reader import (
+    SafeSingerReader,
+    batch_file_problem,
+    missing_local_file,
+)
 from target_pinterest_audiences.sink import AudienceSink, RecordFlow
 from target_pinterest_audiences.tokens import (
     AuthError,
@@ -445,7 +451,7 @@ class TargetPinterestAudiences(Target):
             return
         for key in sink.key_properties:
             if key not in record:
-                sink._singer_validate_message(record)  # raises singer-sdk's own error
+                raise self._missing_key_property()
         if sink._pending_batch is None:
             sink._get_context(record)
         sink.tally_record_read()
@@ -459,6 +465,43 @@ class TargetPinterestAudiences(Target):
             )
             self.drain_one(sink)
         self._handle_max_record_age()
+
+    def _input_line(self) -> int:
+        """The number of the input line being processed (SafeSingerReader counts them)."""
+        return int(getattr(self.message_reader, "line_number", 0))
+
+    def _missing_key_property(self) -> MissingKeyPropertiesError:
+        """singer-sdk's own error spans lines and lists the record's keys: say it in one."""
+        return MissingKeyPropertiesError(
+            f"input line {self._input_line()}: the record lacks a key property "
+            "that its stream's SCHEMA declares (key_properties); fix the tap's SCHEMA or records"
+        )
+
+    def _process_batch_message(self, message_dict: dict) -> None:
+        """One manifest entry at a time, so that a file that cannot be read is named by its
+        index: its path may hold data (a file named after a customer), so it is never shown.
+        Records of the entries before it are handled like records of earlier lines."""
+        manifest = message_dict["manifest"]
+        for index, url in enumerate(manifest):
+            where = (
+                f"input line {self._input_line()}: BATCH manifest entry {index} "
+                f"(counted from 0, of {len(manifest)})"
+            )
+            if missing_local_file(url):
+                raise InvalidInputLine(
+                    f"{where} cannot be read: the file does not exist (its path is not shown: "
+                    "it may hold data); check that the tap's batch files are kept until the "
+                    "target has read them"
+                )
+            try:
+                super()._process_batch_message({**message_dict, "manifest": [url]})
+            except (TargetError, InvalidInputLine):
+                raise  # about a record of the file, or Pinterest: already says where
+            except Exception as exc:
+                raise InvalidInputLine(
+                    f"{where} cannot be read as JSON Lines of record objects: "
+                    f"{batch_file_problem(exc)}; check the file the tap wrote"
+                ) from None
 
     def _process_state_message(self, message_dict: dict) -> None:
         """Never echo tap state at once: it waits until its records are written."""
@@ -505,8 +548,12 @@ class TargetPinterestAudiences(Target):
                 self.report.segment_name,
             )
 
+    #: Set once a fatal error stops the run: its summary then gives no advice for a good run.
+    failed = False
+
     def stop_after_error(self) -> None:
         """After a fatal error: write what precedes it, checkpoint, and report."""
+        self.failed = True
         self.flow.discard_open()
         if self.uploader.error is None:
             self.uploader.finish()
@@ -517,16 +564,30 @@ class TargetPinterestAudiences(Target):
 
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
         """SIGTERM/SIGINT: stop reading, finish the request in flight, checkpoint, exit non-zero."""
+        if self.failed:
+            # A stop after an error is under way: it checkpoints and ends the log with its
+            # cause. Stopping again from here could deadlock (a join re-entered from a signal
+            # handler, the STATE lock held by the code it interrupted).
+            self.logger.warning(
+                "Received signal %d while stopping after an error: that stop goes on", signum
+            )
+            return
         self.logger.warning(
             "Received signal %d: stopping after the request in flight; records not yet written "
             "are left for the next run (state is written only for what Pinterest confirmed)",
             signum,
         )
         if hasattr(self, "flow"):  # else the signal came during start-up: nothing to save
+            self.failed = True
             self.flow.discard_open()
             self.uploader.abort()
             self._emit_state(self.uploader.state_line())
             self._log_summary()
+        self.logger.error(
+            "Run stopped by signal %d: records after the last checkpoint were not written; "
+            "the next run sends them",
+            signum,
+        )
         sys.exit(128 + signum)
 
     def _log_summary(self) -> None:
@@ -556,7 +617,7 @@ class TargetPinterestAudiences(Target):
             r.retries,
         )
         distinct = len(self.uploader.distinct_added)
-        if r.records_received and distinct < MIN_AUDIENCE_SIZE:
+        if r.records_received and distinct < MIN_AUDIENCE_SIZE and not self.failed:
             self.logger.warning(
                 "Only %d distinct identifiers were added in this run: Pinterest needs at least %d "
                 "matched users before an Audience can be targeted (matching takes 24-48 hours)",
@@ -589,37 +650,60 @@ class TargetPinterestAudiences(Target):
             TargetError,
             AuthError,
             InvalidInputLine,
-            MissingKeyPropertiesError,
             RecordsWithoutSchemaException,
         ) as exc:
-            logging.getLogger(cls.name).error("%s", exc)
-            cls._stop(target)
+            cls._stop(target, str(exc))
+        except MissingKeyPropertiesError:  # singer-sdk's (from a mapped stream) or ours
+            cause = target._missing_key_property() if target else "a record lacks a key property"
+            cls._stop(target, str(cause))
         except ConfigValidationError:
             raise  # singer-sdk's CLI lists each error and exits 1
         except Exception as exc:
-            # The message of an unexpected error (from a stream map expression, say) may
-            # quote input data, so only its type and where it happened are logged.
-            frames = traceback.extract_tb(exc.__traceback__)
-            where = " <- ".join(
-                f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames[::-1][:6]
-            )
-            logging.getLogger(cls.name).error(
-                "Unexpected %s (message withheld: it may quote input data) at %s",
-                type(exc).__name__,
-                where,
-            )
-            cls._stop(target)
+            cls._stop(target, cls._unexpected(exc, target))
+
+    @staticmethod
+    def _unexpected(exc: BaseException, target: TargetPinterestAudiences | None) -> str:
+        """The message of an unexpected error (from a stream map expression, say) may quote
+        input data, so only its type, the input line and where in the code are given."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = " <- ".join(
+            f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames[::-1][:6]
+        )
+        reader = getattr(target, "message_reader", None)
+        if not isinstance(reader, SafeSingerReader) or reader.line_number == 0:
+            during, advice = "while starting", "report this as a bug"
+        elif reader.finished:
+            during, advice = "after reading the whole input", "report this as a bug"
+        else:
+            during = f"while processing input line {reader.line_number}"
+            advice = "check that line, and report this as a bug if it is a valid Singer message"
+        return (
+            f"Unexpected {type(exc).__name__} {during} (message withheld: it may quote input "
+            f"data) at {where}; {advice}"
+        )
 
     @classmethod
-    def _stop(cls, target: TargetPinterestAudiences | None) -> t.NoReturn:
+    def _stop(cls, target: TargetPinterestAudiences | None, cause: str) -> t.NoReturn:
+        """Write what came before the error, then end the log with its cause, on one line:
+        the tail of a Meltano log is what a reader sees first."""
+        logger = logging.getLogger(cls.name)
         if target is not None and hasattr(target, "flow"):
+            target.failed = True  # from here on, a signal lets this stop go on
+            logger.info(
+                "Stopping early (the cause is on the last line): writing what came before "
+                "it, then the final checkpoint"
+            )
             try:
                 target.stop_after_error()
             except Exception as second:
-                logging.getLogger(cls.name).error(
+                logger.error(
                     "While stopping: %s",
                     second if isinstance(second, TargetError) else type(second).__name__,
                 )
+        with contextlib.suppress(ValueError):  # (only the main thread may set handlers)
+            for signum in (signal.SIGTERM, signal.SIGINT):  # nothing may follow the cause
+                signal.signal(signum, signal.SIG_IGN)
+        logger.error("Run failed: %s", " ".join(cause.split()))
         sys.exit(1)
 
 
