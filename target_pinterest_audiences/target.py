@@ -674,6 +674,9 @@ class TargetPinterestAudiences(Target):
             during, advice = "while starting", "report this as a bug"
         elif reader.finished:
             during, advice = "after reading the whole input", "report this as a bug"
+        elif any(Path(f.filename).name == "mapper.py" for f in frames):
+            during = f"in a stream map, at input line {reader.line_number}"
+            advice = "check the stream_maps expressions against that line's record"
         else:
             during = f"while processing input line {reader.line_number}"
             advice = "check that line, and report this as a bug if it is a valid Singer message"

@@ -144,3 +144,15 @@ def test_a_signal_while_stopping_after_an_error_keeps_the_cause_last(emulator, b
     assert_ends_with_cause(stderr, "record 3", "on_invalid_record=skip")
     (created,) = lists_named(emulator, "F")
     assert set(created["members"]) == {email_hash(f"f{i}@example.com") for i in range(2)}
+
+
+def test_stream_map_error_names_the_line_and_the_setting(emulator, base_config, run_target):
+    config = {**base_config, "stream_maps": {"customers": {"segment_name": "str(int(grp))"}}}
+    rows_ = [
+        {"grp": "1", "action": "add", "email": "fine@example.com"},
+        {"grp": "Raw.Secret@X.com", "action": "add", "email": "a@example.com"},
+    ]
+    run = run_target(config, records(rows_))
+    assert run.returncode == 1
+    assert_ends_with_cause(run.stderr, "Unexpected ValueError", "input line 3", "stream_maps")
+    assert "raw.secret" not in run.stderr.lower()
