@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
 import threading
 import traceback
@@ -32,7 +34,11 @@ from singer_sdk.target_base import Target
 
 from target_pinterest_audiences.client import PinterestClient, RetryPolicy, TargetError
 from target_pinterest_audiences.identifiers import EXTERNAL_ID_TYPES
-from target_pinterest_audiences.reader import SafeSingerReader
+from target_pinterest_audiences.reader import (
+    SafeSingerReader,
+    batch_file_problem,
+    missing_local_file,
+)
 from target_pinterest_audiences.rejected import RejectedRecords
 from target_pinterest_audiences.report import Report
 from target_pinterest_audiences.sink import AudienceSink, RecordFlow
@@ -54,6 +60,15 @@ SECRET_SETTINGS = ("access_token", "refresh_token", "client_id", "client_secret"
 LIST_TYPES = ("auto", "EMAIL", "IDFA", "MAID")
 SYNC_MODES = ("events", "mirror")
 PINTEREST_ID = r"^[0-9]{1,18}$"
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by the SIGTERM/SIGINT handler (a BaseException, so that no
+    `except Exception` on the way swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
 
 
 class TargetPinterestAudiences(Target):
@@ -572,7 +587,7 @@ class TargetPinterestAudiences(Target):
             return
         for key in sink.key_properties:
             if key not in record:
-                sink._singer_validate_message(record)  # raises singer-sdk's own error
+                raise self._missing_key_property()
         if sink._pending_batch is None:
             sink._get_context(record)
         sink.tally_record_read()
@@ -599,6 +614,43 @@ class TargetPinterestAudiences(Target):
                 if self.sync_mode == "mirror"
                 else "events mode applies each record's action",
             )
+
+    def _input_line(self) -> int:
+        """The number of the input line being processed (SafeSingerReader counts them)."""
+        return int(getattr(self.message_reader, "line_number", 0))
+
+    def _missing_key_property(self) -> MissingKeyPropertiesError:
+        """singer-sdk's own error spans lines and lists the record's keys: say it in one."""
+        return MissingKeyPropertiesError(
+            f"input line {self._input_line()}: the record lacks a key property "
+            "that its stream's SCHEMA declares (key_properties); fix the tap's SCHEMA or records"
+        )
+
+    def _process_batch_message(self, message_dict: dict) -> None:
+        """One manifest entry at a time, so that a file that cannot be read is named by its
+        index: its path may hold data (a file named after a customer), so it is never shown.
+        Records of the entries before it are handled like records of earlier lines."""
+        manifest = message_dict["manifest"]
+        for index, url in enumerate(manifest):
+            where = (
+                f"input line {self._input_line()}: BATCH manifest entry {index} "
+                f"(counted from 0, of {len(manifest)})"
+            )
+            if missing_local_file(url):
+                raise InvalidInputLine(
+                    f"{where} cannot be read: the file does not exist (its path is not shown: "
+                    "it may hold data); check that the tap's batch files are kept until the "
+                    "target has read them"
+                )
+            try:
+                super()._process_batch_message({**message_dict, "manifest": [url]})
+            except (TargetError, InvalidInputLine):
+                raise  # about a record of the file, or Pinterest: already says where
+            except Exception as exc:
+                raise InvalidInputLine(
+                    f"{where} cannot be read as JSON Lines of record objects: "
+                    f"{batch_file_problem(exc)}; check the file the tap wrote"
+                ) from None
 
     def _process_state_message(self, message_dict: dict) -> None:
         """Never echo tap state at once: it waits until its records are written."""
@@ -652,8 +704,12 @@ class TargetPinterestAudiences(Target):
                 self.report.segment_name,
             )
 
+    #: Set once a fatal error stops the run: its summary then gives no advice for a good run.
+    failed = False
+
     def stop_after_error(self) -> None:
         """After a fatal error: write what precedes it (never a removal), checkpoint, report."""
+        self.failed = True
         if self.finished:
             return  # the end of input was handled; the error came after its STATE
         self.finished = True
@@ -669,18 +725,37 @@ class TargetPinterestAudiences(Target):
             self.rejected.close()
 
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
-        """SIGTERM/SIGINT: stop reading, finish the request in flight, checkpoint, exit non-zero."""
+        """SIGTERM/SIGINT: unwind the main thread to `invoke`, which stops the run there.
+
+        The handler only raises: stopping from inside it could re-enter a thread join or
+        the STATE lock held by the code it interrupted, and hang.
+        """
+        if self.failed or getattr(self, "_terminating", False):
+            # A stop is under way: it checkpoints and ends the log with its cause.
+            self.logger.warning("Received signal %d while stopping: that stop goes on", signum)
+            return
+        self._terminating = True
+        raise Terminated(signum)
+
+    def stop_after_signal(self, signum: int) -> None:
+        """Stop reading, let the request in flight finish, checkpoint what Pinterest
+        confirmed (never a removal), and report."""
         self.logger.warning(
             "Received signal %d: stopping after the request in flight; records not yet written "
             "are left for the next run (state is written only for what Pinterest confirmed)",
             signum,
         )
-        if hasattr(self, "flow"):  # else the signal came during start-up: nothing to save
-            self.flow.discard_open()
-            self.uploader.abort()
-            self._emit_state(self.uploader.state_line())
-            self._log_summary()
-        sys.exit(128 + signum)
+        self.failed = True
+        if self.finished:
+            return  # the end of input was handled and checkpointed already
+        self.finished = True
+        self.flow.discard_open()
+        self.uploader.abort()
+        self._emit_state(self.uploader.state_line())
+        self._log_summary()
+        self.uploader.close()
+        if self.rejected is not None:
+            self.rejected.close()
 
     def _log_summary(self) -> None:
         r = self.report
@@ -746,7 +821,7 @@ class TargetPinterestAudiences(Target):
                 )
             return
         distinct = len(self.uploader.distinct_added)
-        if r.records_received and distinct < MIN_AUDIENCE_SIZE:
+        if r.records_received and distinct < MIN_AUDIENCE_SIZE and not self.failed:
             self.logger.warning(
                 "Only %d distinct identifiers were added in this run: Pinterest needs at least %d "
                 "matched users before an Audience can be targeted (matching takes 24-48 hours)",
@@ -779,37 +854,86 @@ class TargetPinterestAudiences(Target):
             TargetError,
             AuthError,
             InvalidInputLine,
-            MissingKeyPropertiesError,
             RecordsWithoutSchemaException,
         ) as exc:
-            logging.getLogger(cls.name).error("%s", exc)
-            cls._stop(target)
+            cls._stop(target, str(exc))
+        except MissingKeyPropertiesError:  # singer-sdk's (from a mapped stream) or ours
+            cause = target._missing_key_property() if target else "a record lacks a key property"
+            cls._stop(target, str(cause))
         except ConfigValidationError:
             raise  # singer-sdk's CLI lists each error and exits 1
+        except Terminated as exc:
+            cls._terminate(target, exc.signum)
         except Exception as exc:
-            # The message of an unexpected error (from a stream map expression, say) may
-            # quote input data, so only its type and where it happened are logged.
-            frames = traceback.extract_tb(exc.__traceback__)
-            where = " <- ".join(
-                f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames[::-1][:6]
-            )
-            logging.getLogger(cls.name).error(
-                "Unexpected %s (message withheld: it may quote input data) at %s",
-                type(exc).__name__,
-                where,
-            )
-            cls._stop(target)
+            cls._stop(target, cls._unexpected(exc, target))
 
     @classmethod
-    def _stop(cls, target: TargetPinterestAudiences | None) -> t.NoReturn:
+    def _terminate(cls, target: TargetPinterestAudiences | None, signum: int) -> t.NoReturn:
+        logger = logging.getLogger(cls.name)
         if target is not None and hasattr(target, "flow"):
             try:
-                target.stop_after_error()
+                target.stop_after_signal(signum)
             except Exception as second:
-                logging.getLogger(cls.name).error(
+                logger.error(
                     "While stopping: %s",
                     second if isinstance(second, TargetError) else type(second).__name__,
                 )
+        with contextlib.suppress(ValueError):  # nothing may follow the cause
+            for each in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(each, signal.SIG_IGN)
+        logger.error(
+            "Run stopped by signal %d: records after the last checkpoint were not written; "
+            "the next run sends them",
+            signum,
+        )
+        sys.exit(128 + signum)
+
+    @staticmethod
+    def _unexpected(exc: BaseException, target: TargetPinterestAudiences | None) -> str:
+        """The message of an unexpected error (from a stream map expression, say) may quote
+        input data, so only its type, the input line and where in the code are given."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = " <- ".join(
+            f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames[::-1][:6]
+        )
+        reader = getattr(target, "message_reader", None)
+        if not isinstance(reader, SafeSingerReader) or reader.line_number == 0:
+            during, advice = "while starting", "report this as a bug"
+        elif reader.finished:
+            during, advice = "after reading the whole input", "report this as a bug"
+        elif any(Path(f.filename).name == "mapper.py" for f in frames):
+            during = f"in a stream map, at input line {reader.line_number}"
+            advice = "check the stream_maps expressions against that line's record"
+        else:
+            during = f"while processing input line {reader.line_number}"
+            advice = "check that line, and report this as a bug if it is a valid Singer message"
+        return (
+            f"Unexpected {type(exc).__name__} {during} (message withheld: it may quote input "
+            f"data) at {where}; {advice}"
+        )
+
+    @classmethod
+    def _stop(cls, target: TargetPinterestAudiences | None, cause: str) -> t.NoReturn:
+        """Write what came before the error, then end the log with its cause, on one line:
+        the tail of a Meltano log is what a reader sees first."""
+        logger = logging.getLogger(cls.name)
+        if target is not None and hasattr(target, "flow"):
+            target.failed = True  # from here on, a signal lets this stop go on
+            logger.info(
+                "Stopping early (the cause is on the last line): writing what came before "
+                "it, then the final checkpoint"
+            )
+            try:
+                target.stop_after_error()
+            except Exception as second:
+                logger.error(
+                    "While stopping: %s",
+                    second if isinstance(second, TargetError) else type(second).__name__,
+                )
+        with contextlib.suppress(ValueError):  # (only the main thread may set handlers)
+            for signum in (signal.SIGTERM, signal.SIGINT):  # nothing may follow the cause
+                signal.signal(signum, signal.SIG_IGN)
+        logger.error("Run failed: %s", " ".join(cause.split()))
         sys.exit(1)
 
 

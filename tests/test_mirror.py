@@ -491,3 +491,34 @@ def test_postgres_snapshot_store_gives_the_same_results_as_sqlite(
     log = run_target(pg_run, rows(emails(range(30)))).stderr
     assert url not in log and f":{env.get('PGPASSWORD', '')}@" not in log
     assert "snapshot existing (postgresql" in log
+
+
+def test_sigterm_while_the_run_finishes_its_writes_stops_cleanly(
+    emulator, base_config, run_target, tmp_path
+):
+    """A signal that lands while the main thread waits for the end-of-input writes (here:
+    mirror removals after the input was read) stops the run without hanging; the same run
+    again ends exact."""
+    config = mirror_config(base_config, identifiers_per_request=10, max_concurrent_writes=1)
+    assert run_target(config, rows(emails(range(100)))).returncode == 0
+    source = emails(range(85))  # 15 leave: under the cap
+    emulator.configure(write_delay_ms=300)
+    before = len(write_log(emulator))
+    proc = start_cli(_write_config(tmp_path, config))
+    assert proc.stdin is not None
+    proc.stdin.write(_lines(rows(source)))
+    proc.stdin.close()  # the whole input: the run is in its end-of-input writes
+    proc.stdin = None  # (so that communicate() does not flush it)
+    deadline = time.monotonic() + 30
+    while not any(r.get("operation_type") == "REMOVE" for r in write_log(emulator)[before:]):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "Run stopped by signal 15" in stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr
+    emulator.configure(write_delay_ms=0)
+    again = run_target(config, rows(source))
+    assert again.returncode == 0, again.stderr
+    assert set(the_list(emulator)["members"]) == hashed(source)
