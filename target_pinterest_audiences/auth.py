@@ -1,4 +1,8 @@
-"""`target-pinterest-audiences-auth`: connect a Pinterest account, and check a connection.
+"""`target-pinterest-audiences-admin`: connect a Pinterest account, check a connection, and
+report what Pinterest made of the uploads (`status`).
+
+The command was `target-pinterest-audiences-auth` before it did more than authorization;
+that name stays installed as an alias, so scripts and Meltano projects that use it keep working.
 
 `connect` (the default) runs Pinterest's OAuth authorization-code flow: it prints a
 single-use authorize link (stdout, so it can be sent to the business admin who approves
@@ -9,6 +13,9 @@ token pair and writes it to the token file the target reads (mode 0600).
 is accepted, it carries ads:read and ads:write, and the ad account is reachable and
 neither under review nor disapproved. `check_connection` is the same check as a function.
 
+`status` reads one CUSTOMER_LIST Audience and its Customer List, with the same tokens as
+`check`, and the confirmed members from the snapshot store (status.py does the reading).
+
 Tokens, the client secret and the authorization code are never printed or logged.
 """
 
@@ -18,6 +25,7 @@ import argparse
 import getpass
 import hmac
 import html
+import json
 import logging
 import os
 import re
@@ -42,6 +50,8 @@ from target_pinterest_audiences.client import (
     RetryPolicy,
     TargetError,
 )
+from target_pinterest_audiences.snapshot import SnapshotStore
+from target_pinterest_audiences.status import read_status
 from target_pinterest_audiences.tokens import (
     AuthError,
     TokenManager,
@@ -52,7 +62,10 @@ from target_pinterest_audiences.tokens import (
     token_record,
 )
 
-PROG = "target-pinterest-audiences-auth"
+PROG = "target-pinterest-audiences-admin"
+#: The command's first name, still installed (pyproject.toml) so that existing setups work.
+ALIAS = "target-pinterest-audiences-auth"
+COMMANDS = ("connect", "check", "status")
 PLUGIN = "target-pinterest-audiences"
 ENV_PREFIX = "TARGET_PINTEREST_AUDIENCES_"
 DEFAULT_AUTHORIZE_URL = "https://www.pinterest.com/oauth/"
@@ -742,6 +755,92 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0 if ok else 1
 
 
+# --------------------------------------------------------------------------- status
+
+
+def _which_audience(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(audience id, audience name): a flag wins; else the settings, where audience_id wins
+    over audience_name as in the target."""
+    if args.audience_id or args.audience_name:
+        return args.audience_id, args.audience_name
+    audience_id = _env("AUDIENCE_ID")
+    if audience_id:
+        return audience_id, None
+    return None, _env("AUDIENCE_NAME")
+
+
+def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Print the Audience's and its list's status, the confirmed members and the match rate."""
+
+    def fail(message: str, code: int = 1) -> int:
+        line = message.replace("\r", " ").replace("\n", " ")
+        print(f"{PROG} status: {line}", file=err, flush=True)
+        return code
+
+    account = args.ad_account_id
+    if not account:
+        return fail(f"say which ad account: --ad-account-id or {ENV_PREFIX}AD_ACCOUNT_ID", 2)
+    audience_id, audience_name = _which_audience(args)
+    if not audience_id and not audience_name:
+        return fail(
+            "say which audience: --audience-id or --audience-name (or "
+            f"{ENV_PREFIX}AUDIENCE_ID / {ENV_PREFIX}AUDIENCE_NAME)",
+            2,
+        )
+    if audience_id and not audience_id.isdigit():
+        return fail(f"the audience id must be a string of digits, got {audience_id!r}", 2)
+    store_path = args.token_cache_path or default_token_cache_path(account)
+    try:
+        tokens = TokenManager(
+            api_url=args.api_url,
+            client_id=args.client_id,
+            client_secret=args.client_secret,
+            access_token=args.access_token,
+            refresh_token=args.refresh_token,
+            store=TokenStore(store_path),
+            logger=logger,
+            timeout=30.0,
+        )
+    except AuthError as exc:
+        return fail(str(exc))
+    if not tokens.has_credentials:
+        return fail(
+            f"not connected: no token file at {tokens.store.path if tokens.store else store_path} "
+            "and no usable access or refresh token; connect with "
+            f"`{PROG} connect --ad-account-id {account}`"
+        )
+    client = PinterestClient(
+        api_url=args.api_url,
+        tokens=tokens,
+        logger=logger,
+        retry=RetryPolicy(budget_seconds=args.retry_seconds),
+        timeout=30.0,
+    )
+    store = SnapshotStore(
+        ad_account_id=account,
+        logger=logger,
+        directory=args.snapshot_path,
+        url=args.snapshot_url,
+    )
+    try:
+        status = read_status(
+            client, store, account, audience_id=audience_id, audience_name=audience_name
+        )
+    except PinterestAPIError as exc:
+        return fail(_explain_refusal(exc, account, ""))
+    except (TargetError, AuthError) as exc:  # also retries exhausted, the snapshot store
+        return fail(str(exc))
+    except Exception as exc:  # no traceback: one line that names the failure
+        return fail(f"unexpected {type(exc).__name__}: {str(exc)[:200]}")
+    finally:
+        store.close()
+    if args.format == "json":
+        print(json.dumps(status.as_json()), file=out, flush=True)
+    else:
+        print(status.table(), file=out, flush=True)
+    return 0
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -799,10 +898,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Connect a Pinterest ad account to target-pinterest-audiences, or check a "
-        "connection. Flags win over the environment variables.",
+        description="Connect a Pinterest ad account to target-pinterest-audiences, check a "
+        "connection, or see what Pinterest made of the uploads. Flags win over the "
+        f"environment variables. ({ALIAS} is the same command under its first name.)",
     )
-    commands = parser.add_subparsers(dest="command", metavar="{connect,check}")
+    commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     connect = commands.add_parser(
         "connect",
         parents=[common],
@@ -835,29 +935,70 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds before the link expires (default {DEFAULT_TIMEOUT_SECONDS:.0f})",
     )
     connect.add_argument("--no-browser", action="store_true", help="do not open a browser")
-    check = commands.add_parser(
+    # check and status read with the stored or given tokens.
+    reading = argparse.ArgumentParser(add_help=False)
+    reading.add_argument(
+        "--access-token",
+        default=_env("ACCESS_TOKEN"),
+        help=f"access token when there is no token file; prefer env {ENV_PREFIX}ACCESS_TOKEN",
+    )
+    reading.add_argument(
+        "--refresh-token",
+        default=_env("REFRESH_TOKEN"),
+        help=f"refresh token when there is no token file; prefer env {ENV_PREFIX}REFRESH_TOKEN",
+    )
+    reading.add_argument(
+        "--retry-seconds",
+        type=_positive,
+        default=CHECK_RETRY_SECONDS,
+        help=f"give up on a failing Pinterest after this long (default {CHECK_RETRY_SECONDS:.0f})",
+    )
+    commands.add_parser(
         "check",
-        parents=[common],
+        parents=[common, reading],
         help="confirm that uploads would work with the stored or given tokens",
         description="Refresh if needed, then confirm the token works, has ads:read and "
         "ads:write, and reaches the ad account (not under review, not disapproved). "
         "Exit 0 only when uploads would work.",
     )
-    check.add_argument(
-        "--access-token",
-        default=_env("ACCESS_TOKEN"),
-        help=f"access token when there is no token file; prefer env {ENV_PREFIX}ACCESS_TOKEN",
+    status = commands.add_parser(
+        "status",
+        parents=[common, reading],
+        help="what Pinterest made of the uploads: audience status and size, list status and "
+        "counters, confirmed members, match rate",
+        description="Read one CUSTOMER_LIST Audience and its Customer List, count the "
+        "identifiers the target confirmed (the snapshot store) and compute the match rate "
+        "(audience size / confirmed members). Reads only. Exit 0 when everything was read.",
     )
-    check.add_argument(
-        "--refresh-token",
-        default=_env("REFRESH_TOKEN"),
-        help=f"refresh token when there is no token file; prefer env {ENV_PREFIX}REFRESH_TOKEN",
+    which = status.add_mutually_exclusive_group()
+    which.add_argument(
+        "--audience-id",
+        default=None,
+        help=f"the Audience's id (env {ENV_PREFIX}AUDIENCE_ID)",
     )
-    check.add_argument(
-        "--retry-seconds",
-        type=_positive,
-        default=CHECK_RETRY_SECONDS,
-        help=f"give up on a failing Pinterest after this long (default {CHECK_RETRY_SECONDS:.0f})",
+    which.add_argument(
+        "--audience-name",
+        default=None,
+        help="the name of the one CUSTOMER_LIST Audience to report on "
+        f"(env {ENV_PREFIX}AUDIENCE_NAME)",
+    )
+    status.add_argument(
+        "--snapshot-path",
+        default=_env("SNAPSHOT_PATH"),
+        help=f"directory of the snapshot files, as the target's snapshot_path (env "
+        f"{ENV_PREFIX}SNAPSHOT_PATH; default $XDG_STATE_HOME/target-pinterest-audiences)",
+    )
+    status.add_argument(
+        "--snapshot-url",
+        default=_env("SNAPSHOT_URL"),
+        help=f"PostgreSQL snapshot store, as the target's snapshot_url; prefer env "
+        f"{ENV_PREFIX}SNAPSHOT_URL (it may hold a password)",
+    )
+    status.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="table (default): for people; json: one JSON object on stdout",
     )
     return parser
 
@@ -869,7 +1010,7 @@ def _normalize_argv(argv: Sequence[str]) -> list[str]:
         if args and args[0] in {"connect", "check"}:
             args.pop(0)
         return ["check", *args]
-    if not args or args[0] not in {"connect", "check", "-h", "--help"}:
+    if not args or args[0] not in {*COMMANDS, "-h", "--help"}:
         return ["connect", *args]
     return args
 
@@ -889,6 +1030,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return run_check(args, sys.stdout, sys.stderr)
+        if args.command == "status":
+            return run_status(args, sys.stdout, sys.stderr)
         return run_connect(args, sys.stdout, sys.stderr)
     finally:
         package_logger.removeHandler(handler)

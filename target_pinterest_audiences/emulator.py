@@ -9,6 +9,16 @@ only O(batch) work per request so benchmarks with millions of identifiers stay f
 A control API under ``/_emulator`` (no auth, never logged, never hit by faults) lets tests read the
 state, inject faults (errors, dropped connections, delays) and change settings while it runs.
 
+Matching, as Pinterest does it: an Audience's ``size`` (matched users) is null and its status
+INITIALIZING until its list's uploads are matched; then READY with at least 100 matched users,
+else TOO_SMALL. A list reads PROCESSING while an upload waits to be matched, then READY or
+TOO_SMALL (UPLOADING, for uploads in parts through Ads Manager, never occurs here). Matching
+completes ``match_delay_seconds`` after the list's latest write (default 0: at once; Pinterest
+takes 24-48 hours), by the setting's current value: setting it to 0 matches every waiting list
+now. Until then a matched audience keeps its previous size. ``match_fraction`` (default 1, taken
+when a write arrives) is the share of identifiers that belong to a Pinterest user: identifier
+``h`` matches when ``zlib.crc32(h.encode()) < match_fraction * 2**32``.
+
 Use it in-process (``Emulator(...).start()``) or as a program::
 
     python -m target_pinterest_audiences.emulator --port 0
@@ -30,6 +40,7 @@ import sys
 import threading
 import time
 import traceback
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -141,6 +152,8 @@ _CONFIG_KEYS = (
     "access_token_ttl_requests",
     "refresh_single_use",
     "writes_per_minute_limit",
+    "match_delay_seconds",
+    "match_fraction",
 )
 
 MSG_AUTH_FAILED = "Authentication failed."
@@ -211,6 +224,11 @@ def max_events_in_window(times: Iterable[float], window: float = WRITE_WINDOW_S)
 # ---------------------------------------------------------------------------------------------
 
 
+def _matches(identifier: str, fraction: float) -> bool:
+    """Whether an identifier belongs to a Pinterest user (deterministic; see the docstring)."""
+    return fraction >= 1.0 or zlib.crc32(identifier.encode()) < fraction * 2**32
+
+
 @dataclass
 class _CustomerList:
     id: str
@@ -223,13 +241,41 @@ class _CustomerList:
     num_batches: int = 1
     uploaded: int = 0
     removed: int = 0
+    #: Matched users at the last completed matching; None until the first one completes.
+    matched: int | None = None
+    #: Whether a write waits to be matched, since when (time.monotonic()), and its share.
+    match_pending: bool = False
+    written_at: float = 0.0
+    match_fraction: float = 1.0
 
-    def api(self, *, just_written: bool) -> dict[str, Any]:
-        """The CustomerList answer; writes say PROCESSING, reads the settled status."""
-        if just_written:
+    def wrote(self, cfg: _Config) -> None:
+        """After a write: the members as they are now wait to be matched.
+
+        Call settle() before changing the members, so a matching already due counts the
+        members it was due for.
+        """
+        self.match_pending = True
+        self.written_at = time.monotonic()
+        self.match_fraction = cfg.match_fraction
+
+    def settle(self, cfg: _Config) -> int | None:
+        """Matched users now (None: never matched yet); completes a matching that is due."""
+        if self.match_pending and time.monotonic() >= self.written_at + cfg.match_delay_seconds:
+            self.match_pending = False
+            fraction = self.match_fraction
+            if fraction >= 1.0:
+                self.matched = len(self.members)
+            else:
+                self.matched = sum(1 for m in self.members if _matches(m, fraction))
+        return self.matched
+
+    def api(self, cfg: _Config, *, just_written: bool = False) -> dict[str, Any]:
+        """The CustomerList answer; PROCESSING after a write until it is matched."""
+        matched = self.settle(cfg)
+        if just_written or self.match_pending or matched is None:
             status = "PROCESSING"
         else:
-            status = "READY" if len(self.members) >= READY_MIN_SIZE else "TOO_SMALL"
+            status = "READY" if matched >= READY_MIN_SIZE else "TOO_SMALL"
         return {
             "id": self.id,
             "ad_account_id": self.ad_account_id,
@@ -256,12 +302,12 @@ class _Audience:
     created: int
     updated: int
 
-    def api(self, lists: dict[str, _CustomerList]) -> dict[str, Any]:
-        """The Audience answer; size is live (O(1)) so tests see uploads reflected at once."""
+    def api(self, lists: dict[str, _CustomerList], cfg: _Config) -> dict[str, Any]:
+        """The Audience answer; size is the list's matched users (null until matched)."""
         size: int | None = None
         if self.audience_type == "CUSTOMER_LIST":
             lst = lists.get(str(self.rule.get("customer_list_id")))
-            size = len(lst.members) if lst is not None else None
+            size = lst.settle(cfg) if lst is not None else None
         if size is None:
             status = "INITIALIZING"
         else:
@@ -347,6 +393,8 @@ class _Config:
     access_token_ttl_requests: int | None = None
     refresh_single_use: bool = False
     writes_per_minute_limit: int | None = None
+    match_delay_seconds: float = 0.0
+    match_fraction: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -358,6 +406,8 @@ class _Config:
             "access_token_ttl_requests": self.access_token_ttl_requests,
             "refresh_single_use": self.refresh_single_use,
             "writes_per_minute_limit": self.writes_per_minute_limit,
+            "match_delay_seconds": self.match_delay_seconds,
+            "match_fraction": self.match_fraction,
         }
 
 
@@ -475,6 +525,15 @@ def _int(name: str, value: Any, minimum: int) -> int:
     if not _is_int(value) or value < minimum:
         raise ValueError(f"{name}: must be an integer >= {minimum}")
     return int(value)
+
+
+def _number(name: str, value: Any, minimum: float, maximum: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{name}: must be a number")
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise ValueError(f"{name}: must be a number {bounds}")
+    return float(value)
 
 
 def _parse_fault(rule: Any) -> _Fault:
@@ -783,7 +842,7 @@ class Emulator:
                 (lst, list(lst.members) if members else None, len(lst.members))
                 for lst in self._lists.values()
             ]
-            list_meta = [
+            list_meta: list[dict[str, Any]] = [
                 {
                     "id": lst.id,
                     "ad_account_id": lst.ad_account_id,
@@ -793,10 +852,11 @@ class Emulator:
                     "num_uploaded_user_records": lst.uploaded,
                     "num_removed_user_records": lst.removed,
                     "num_members": n,
+                    "matched_users": lst.settle(self._cfg),
                 }
                 for lst, _, n in lists
             ]
-            audiences = [a.api(self._lists) for a in self._audiences.values()]
+            audiences = [a.api(self._lists, self._cfg) for a in self._audiences.values()]
             log = [dict(entry) for entry in self._log] if requests else None
             write_times = list(self._write_times)
             faults = [f.to_dict() for f in self._faults]
@@ -871,11 +931,14 @@ class Emulator:
         access_token_ttl_requests: int | None = _UNSET,
         refresh_single_use: bool = _UNSET,
         writes_per_minute_limit: int | None = _UNSET,
+        match_delay_seconds: float = _UNSET,
+        match_fraction: float = _UNSET,
     ) -> dict[str, Any]:
         """Change only the settings passed; returns the whole configuration.
 
         Setting ``access_token_ttl_requests`` restarts every token's request count, so the
-        limit counts from now (the seeded token is otherwise already in use).
+        limit counts from now (the seeded token is otherwise already in use). The matching
+        settings apply to writes from now on.
         """
         given = {
             "under_review": under_review,
@@ -886,6 +949,8 @@ class Emulator:
             "access_token_ttl_requests": access_token_ttl_requests,
             "refresh_single_use": refresh_single_use,
             "writes_per_minute_limit": writes_per_minute_limit,
+            "match_delay_seconds": match_delay_seconds,
+            "match_fraction": match_fraction,
         }
         return self._apply_config({k: v for k, v in given.items() if v is not _UNSET})
 
@@ -951,6 +1016,12 @@ class Emulator:
         for key in ("write_delay_ms", "delay_ms"):
             if key in settings:
                 new[key] = _int(key, settings[key], 0)
+        if "match_delay_seconds" in settings:
+            new["match_delay_seconds"] = _number(
+                "match_delay_seconds", settings["match_delay_seconds"], 0.0
+            )
+        if "match_fraction" in settings:
+            new["match_fraction"] = _number("match_fraction", settings["match_fraction"], 0.0, 1.0)
         if "refresh_single_use" in settings:
             if not isinstance(settings["refresh_single_use"], bool):
                 raise ValueError("refresh_single_use: must be true or false")
@@ -1202,8 +1273,9 @@ class Emulator:
                 members=set(records),
                 uploaded=len(records),
             )
+            lst.wrote(req.cfg)
             self._lists[lst.id] = lst
-            return 200, lst.api(just_written=True), {}
+            return 200, lst.api(self._cfg, just_written=True), {}
 
     def _update_list(self, req: _Request, account: str, list_id: str) -> _Reply:
         _single_query(req, ())
@@ -1215,6 +1287,7 @@ class Emulator:
             lst = self._find_list(account, list_id)
             # A list keeps the list_type it was created with: its records must be of that kind.
             records = _parse_records(body["records"], lst.list_type)
+            lst.settle(self._cfg)  # a matching already due counts the members before this write
             if operation == "ADD":
                 lst.members.update(records)
                 lst.uploaded += len(records)
@@ -1223,12 +1296,13 @@ class Emulator:
                 lst.removed += len(records)
             lst.num_batches += 1
             lst.updated = int(time.time())
-            return 200, lst.api(just_written=True), {}
+            lst.wrote(req.cfg)
+            return 200, lst.api(self._cfg, just_written=True), {}
 
     def _get_list(self, req: _Request, account: str, list_id: str) -> _Reply:
         _single_query(req, ())
         with self._lock:
-            return 200, self._find_list(account, list_id).api(just_written=False), {}
+            return 200, self._find_list(account, list_id).api(self._cfg), {}
 
     def _find_list(self, account: str, list_id: str) -> _CustomerList:
         lst = self._lists.get(list_id)
@@ -1296,7 +1370,7 @@ class Emulator:
                 updated=now,
             )
             self._audiences[audience.id] = audience
-            return 200, audience.api(self._lists), {}
+            return 200, audience.api(self._lists, self._cfg), {}
 
     def _update_audience(self, req: _Request, account: str, audience_id: str) -> _Reply:
         _single_query(req, ())
@@ -1315,7 +1389,7 @@ class Emulator:
             audience = self._find_audience(account, audience_id)
             if operation == "REMOVE":
                 del self._audiences[audience_id]
-                return 200, audience.api(self._lists), {}
+                return 200, audience.api(self._lists, self._cfg), {}
             if name is not None:
                 audience.name = name
             if rule is not None:
@@ -1323,12 +1397,12 @@ class Emulator:
             if "description" in body:
                 audience.description = description
             audience.updated = int(time.time())
-            return 200, audience.api(self._lists), {}
+            return 200, audience.api(self._lists, self._cfg), {}
 
     def _get_audience(self, req: _Request, account: str, audience_id: str) -> _Reply:
         _single_query(req, ())
         with self._lock:
-            return 200, self._find_audience(account, audience_id).api(self._lists), {}
+            return 200, self._find_audience(account, audience_id).api(self._lists, self._cfg), {}
 
     def _find_audience(self, account: str, audience_id: str) -> _Audience:
         audience = self._audiences.get(audience_id)
@@ -1384,7 +1458,7 @@ class Emulator:
         if len(ordered) > page_size:
             next_mark = _encode_bookmark(kind, account, order, int(page[-1].id))
         items = [
-            o.api(just_written=False) if isinstance(o, _CustomerList) else o.api(self._lists)
+            o.api(self._cfg) if isinstance(o, _CustomerList) else o.api(self._lists, self._cfg)
             for o in page
         ]
         return {"items": items, "bookmark": next_mark}
@@ -1605,6 +1679,18 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--access-token-ttl-requests", type=int, default=None)
     p.add_argument("--refresh-single-use", action="store_true")
     p.add_argument("--writes-per-minute-limit", type=int, default=None)
+    p.add_argument(
+        "--match-delay-seconds",
+        type=float,
+        default=0.0,
+        help="seconds after a list's latest write until its audience is matched (default 0)",
+    )
+    p.add_argument(
+        "--match-fraction",
+        type=float,
+        default=1.0,
+        help="share of identifiers that match a Pinterest user (0..1, default 1)",
+    )
     p.add_argument("--state-file", default=None, help="write state() as JSON here on exit")
     p.add_argument("--verbose", action="store_true", help="log each request to stderr")
     return p
@@ -1636,6 +1722,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "access_token_ttl_requests": args.access_token_ttl_requests,
         "refresh_single_use": args.refresh_single_use,
         "writes_per_minute_limit": args.writes_per_minute_limit,
+        "match_delay_seconds": args.match_delay_seconds,
+        "match_fraction": args.match_fraction,
     }
     if args.under_review is not None:
         settings["under_review"] = args.under_review or ad_accounts

@@ -1,9 +1,54 @@
-"""The run's report: counters that ride on every STATE line as `pinterest_audience`."""
+"""The run's report: counters that ride on every STATE line as `pinterest_audience`.
+
+Also the one rule for the match rate, shared by the report and the `status` command: Pinterest's
+matched users (the Audience's `size`) over the identifiers the target confirmed (its snapshot).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def match_rate(size: int | None, confirmed_members: int | None) -> float | None:
+    """Matched users per confirmed identifier; None unless both are known (and some confirmed).
+
+    The list's upload counters cannot stand in for `confirmed_members`: they rise for every
+    identifier sent, even one already in (or absent from) the list.
+    """
+    if size is None or not confirmed_members:
+        return None
+    return size / confirmed_members
+
+
+def match_rate_unknown_reasons(
+    audience_status: str | None, size: int | None, confirmed_members: int | None
+) -> list[str]:
+    """Why the match rate cannot be computed, in words a marketer can act on (empty: known)."""
+    reasons = []
+    if size is None:
+        if audience_status in (None, "INITIALIZING"):
+            reasons.append(
+                "the audience is not matched yet (Pinterest shows its size 24-48 hours after "
+                "an upload)"
+            )
+        else:
+            reasons.append(f"Pinterest reports no size for the audience (status {audience_status})")
+    if confirmed_members is None:
+        reasons.append(
+            "no snapshot for this list (the target keeps one from its first real run on a list; "
+            "check snapshot_path or snapshot_url)"
+        )
+    elif confirmed_members == 0:
+        reasons.append("the snapshot holds no confirmed members")
+    return reasons
+
+
+def as_size(value: Any) -> int | None:
+    """Pinterest's `size` when it is a count (null until the audience is matched)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
 
 
 @dataclass
@@ -39,6 +84,45 @@ class Report:
     removals_held_back_reason: str | None = None
     #: "new" when the list had no snapshot before this run, else "existing".
     snapshot: str | None = None
+    # ---- what Pinterest made of the uploads: one read of the Audience at the end ----
+    audience_status: str | None = None
+    audience_size: int | None = None
+    match_rate: float | None = None
+    #: The confirmed members the match rate divides by (said in the summary, not in STATE).
+    confirmed_members: int | None = None
+    #: "read" once the end-of-run read answered, "failed" when it did not; None: not tried.
+    audience_read: str | None = None
+
+    def record_audience(
+        self, status: str | None, size: int | None, confirmed_members: int | None
+    ) -> None:
+        """Keep what the end-of-run read of the Audience said."""
+        self.audience_read = "read"
+        self.audience_status = status
+        self.audience_size = size
+        self.confirmed_members = confirmed_members
+        self.match_rate = match_rate(size, confirmed_members)
+
+    def audience_summary(self) -> str:
+        """The summary line's words for the Audience's status, size and match rate."""
+        if self.audience_read is None:
+            return ""
+        if self.audience_read == "failed":
+            return "; audience status, size and match rate unknown (the read failed, see above)"
+        size = "unknown" if self.audience_size is None else str(self.audience_size)
+        if self.match_rate is not None:
+            rate = (
+                f"{self.match_rate:.1%} ({self.audience_size} matched / "
+                f"{self.confirmed_members} confirmed identifiers)"
+            )
+        else:
+            reasons = match_rate_unknown_reasons(
+                self.audience_status, self.audience_size, self.confirmed_members
+            )
+            rate = "unknown: " + "; ".join(reasons)
+        return (
+            f"; audience status {self.audience_status or 'unknown'}, size {size}, match rate {rate}"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         report: dict[str, Any] = {
@@ -61,6 +145,9 @@ class Report:
             "token_refreshes": self.token_refreshes,
             "dry_run": self.dry_run,
             "complete": self.complete,
+            "audience_status": self.audience_status,
+            "audience_size": self.audience_size,
+            "match_rate": self.match_rate,
         }
         if self.sync_mode == "mirror":
             report.update(

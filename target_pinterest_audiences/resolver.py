@@ -21,7 +21,7 @@ from target_pinterest_audiences.client import (
     TargetError,
 )
 from target_pinterest_audiences.identifiers import EXTERNAL
-from target_pinterest_audiences.report import Report
+from target_pinterest_audiences.report import Report, as_size
 
 #: Stands for the list a dry run would have created, so later batches count as updates.
 DRY_RUN_NEW_LIST = "(new)"
@@ -42,6 +42,11 @@ def describe_list_type(list_type: str) -> str:
     if list_type in HASHED_LIST_TYPES:
         return f"email, MAID or IDFA identifiers (list_type {list_type})"
     return f"{list_type} external ids (list_type {list_type})"
+
+
+#: The end-of-run read of the Audience is only for the report: a finished run does not wait
+#: the whole retry budget (retry_max_seconds) for it.
+AUDIENCE_READ_SECONDS = 30.0
 
 
 class Resolver:
@@ -179,6 +184,28 @@ class Resolver:
         list_id = (found[0].get("rule") or {}).get("customer_list_id")
         self.report.segment_id = str(list_id) if list_id else None
         return self.report.segment_id
+
+    def read_audience_status(self, confirmed_members: Callable[[str], int | None]) -> None:
+        """End of a real run: one read of the Audience for the report's status, size and
+        match rate. `confirmed_members(list_id)` counts the snapshot (None: no snapshot).
+
+        Raises what the read raises: the caller only warns, a finished run stays finished.
+        """
+        if self.client is None or self.dry_run or not self.report.audience_id:
+            return
+        deadline = min(self.client.deadline(), time.monotonic() + AUDIENCE_READ_SECONDS)
+        audience = self.client.request(
+            "GET",
+            f"/ad_accounts/{self.account}/audiences/{self.report.audience_id}",
+            deadline=deadline,
+        )
+        list_id = (audience.get("rule") or {}).get("customer_list_id") or self.report.segment_id
+        status = audience.get("status")
+        self.report.record_audience(
+            status if isinstance(status, str) else None,
+            as_size(audience.get("size")),
+            confirmed_members(str(list_id)) if list_id else None,
+        )
 
     def _get_list(self, list_id: str) -> dict[str, Any]:
         assert self.client is not None

@@ -689,6 +689,7 @@ class TargetPinterestAudiences(Target):
             self.uploader.report_ids_without_records()
         except TargetError as exc:  # only a report: never fail a finished run for it
             self.logger.warning("Could not look up the audience for the report: %s", exc)
+        self.uploader.report_audience_status()  # one read; a failure only warns
         self.finished = True
         self._emit_state(self.uploader.state_line())
         self._log_summary()
@@ -766,7 +767,7 @@ class TargetPinterestAudiences(Target):
         self.logger.info(
             "%s Customer List %s (%s%s), Audience %s (%s%s); records received %d, skipped %d "
             "(%s); identifiers added %d, removed %d, removes before the list existed %d; "
-            "requests %d, retries %d",
+            "requests %d, retries %d%s",
             prefix,
             r.segment_id or "-",
             r.segment_name or "no segment",
@@ -782,6 +783,7 @@ class TargetPinterestAudiences(Target):
             r.removes_without_list,
             r.requests,
             r.retries,
+            r.audience_summary(),
         )
         if self.rejected is not None:
             lines = self.rejected.lines

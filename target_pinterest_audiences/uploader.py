@@ -35,6 +35,8 @@ from target_pinterest_audiences.resolver import (
     list_kind,
 )
 from target_pinterest_audiences.snapshot import SnapshotStore
+from target_pinterest_audiences.status import confirmed_members
+from target_pinterest_audiences.tokens import AuthError
 from target_pinterest_audiences.writer import Writer
 
 
@@ -404,6 +406,30 @@ class Uploader:
     def report_ids_without_records(self) -> None:
         """A run with no records still reports the ids of its audience and list."""
         self.resolver.list_of_audience()
+
+    def report_audience_status(self) -> None:
+        """End of a real run: the Audience's status, size and match rate into the report.
+
+        Only a report: a failed read warns and the finished run stays finished.
+        """
+        try:
+            self.resolver.read_audience_status(self._confirmed_members)
+        except (TargetError, AuthError) as exc:
+            self.report.audience_read = "failed"
+            self.logger.warning("Could not read the Audience's status and size: %s", exc)
+        except Exception as exc:  # never fail a finished run for a report
+            self.report.audience_read = "failed"
+            self.logger.warning(
+                "Could not read the Audience's status and size (%s)", type(exc).__name__
+            )
+
+    def _confirmed_members(self, list_id: str) -> int | None:
+        """Members the snapshot confirmed for this list: this run's snapshot when it is open
+        (it counts this run's writes), else the stored one (None when there is none)."""
+        snapshot = self.writer.snapshot
+        if snapshot is not None and snapshot.list_id == list_id:
+            return snapshot.count()
+        return confirmed_members(self.store, list_id) if self.store is not None else None
 
     def state_line(self) -> dict[str, Any]:
         return self.checkpoints.state_line()

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -563,6 +564,99 @@ def test_audience_update_list_and_remove(emu: Emulator, api: requests.Session) -
     assert [a["id"] for a in emu.state()["audiences"]] == ids[1:]
 
 
+def _audience_for(api: requests.Session, emu: Emulator, list_id: str) -> str:
+    body = {"name": "a", "audience_type": "CUSTOMER_LIST", "rule": {"customer_list_id": list_id}}
+    resp = api.post(audiences_url(emu), json=body)
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["id"])
+
+
+def test_matching_delay_size_null_until_matched_then_follows_members(
+    emu: Emulator, api: requests.Session
+) -> None:
+    """Pinterest's semantics: size null and INITIALIZING until matched; then READY from 100
+    matched users, else TOO_SMALL; a later upload shows once it is matched in turn."""
+    delay = 0.6
+    emu.configure(match_delay_seconds=delay)
+    lst = create_list(api, emu, [h(i) for i in range(50)])
+    audience_url = f"{audiences_url(emu)}/{_audience_for(api, emu, lst['id'])}"
+    list_url = f"{lists_url(emu)}/{lst['id']}"
+
+    got = api.get(audience_url).json()
+    assert (got["size"], got["status"]) == (None, "INITIALIZING")
+    assert api.get(list_url).json()["status"] == "PROCESSING"
+    assert emu.state()["audiences"][0]["size"] is None
+    time.sleep(delay + 0.2)
+    got = api.get(audience_url).json()
+    assert (got["size"], got["status"]) == (50, "TOO_SMALL")
+    assert api.get(list_url).json()["status"] == "TOO_SMALL"
+
+    # A new upload: the previous matching stands until this one is matched.
+    more = ",".join(h(i) for i in range(50, 160))
+    assert api.patch(list_url, json={"operation_type": "ADD", "records": more}).status_code == 200
+    got = api.get(audience_url).json()
+    assert (got["size"], got["status"]) == (50, "TOO_SMALL")
+    assert api.get(list_url).json()["status"] == "PROCESSING"
+    time.sleep(delay + 0.2)
+    got = api.get(audience_url).json()
+    assert (got["size"], got["status"]) == (160, "READY")
+    assert api.get(list_url).json()["status"] == "READY"
+    [state_list] = emu.state(members=False)["lists"]
+    assert (state_list["num_members"], state_list["matched_users"]) == (160, 160)
+
+    # Removals are matched too (the counters keep rising: they are not a match count).
+    gone = ",".join(h(i) for i in range(100))
+    resp = api.patch(list_url, json={"operation_type": "REMOVE", "records": gone})
+    assert resp.json()["num_removed_user_records"] == 100
+    time.sleep(delay + 0.2)
+    got = api.get(audience_url).json()
+    assert (got["size"], got["status"]) == (60, "TOO_SMALL")
+
+    # The delay in force when read counts: 0 matches every waiting list now.
+    emu.configure(match_delay_seconds=3600)
+    more = ",".join(h(i) for i in range(200, 240))
+    assert api.patch(list_url, json={"operation_type": "ADD", "records": more}).status_code == 200
+    assert api.get(audience_url).json()["size"] == 60
+    emu.configure(match_delay_seconds=0)
+    got = api.get(audience_url).json()
+    assert (got["size"], got["status"]) == (100, "READY")
+
+
+def test_match_fraction_matches_a_deterministic_share(emu: Emulator, api: requests.Session) -> None:
+    emu.configure(match_fraction=0.5)
+    records = [h(i) for i in range(400)]
+    lst = create_list(api, emu, records)
+    audience_id = _audience_for(api, emu, lst["id"])
+    got = api.get(f"{audiences_url(emu)}/{audience_id}").json()
+    # The documented rule, computed here: an identifier matches when its CRC-32 falls below.
+    expected = sum(1 for r in records if zlib.crc32(r.encode()) < 0.5 * 2**32)
+    assert 100 < expected < 300
+    assert got["size"] == expected
+    assert got["status"] == "READY"
+    assert emu.state(members=False)["lists"][0]["num_members"] == 400
+
+
+def test_matching_settings_are_validated(emu: Emulator) -> None:
+    for bad in (
+        {"match_delay_seconds": -1},
+        {"match_delay_seconds": True},
+        {"match_delay_seconds": "1"},
+        {"match_fraction": 1.5},
+        {"match_fraction": -0.1},
+        {"match_fraction": None},
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            emu.configure(**bad)
+    control = f"{emu.base_url}/_emulator/config"
+    resp = requests.post(
+        control, json={"match_delay_seconds": 2.5, "match_fraction": 0.3}, timeout=TIMEOUT
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["config"]["match_delay_seconds"] == 2.5
+    assert resp.json()["config"]["match_fraction"] == 0.3
+    assert requests.post(control, json={"match_fraction": 2}, timeout=TIMEOUT).status_code == 400
+
+
 # ---------------------------------------------------------------------------------------------
 # Faults, limits and settings
 # ---------------------------------------------------------------------------------------------
@@ -811,6 +905,7 @@ def test_cli_prints_listening_line_serves_and_exits_on_sigterm(tmp_path: Path) -
     env["EMULATOR_CLIENT_ID"] = "env-client"
     cmd = [sys.executable, "-m", "target_pinterest_audiences.emulator", "--port", "0"]
     cmd += ["--client-id", "flag-client", "--state-file", str(state_file)]
+    cmd += ["--match-delay-seconds", "3600"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     try:
         assert proc.stdout is not None
@@ -826,6 +921,18 @@ def test_cli_prints_listening_line_serves_and_exits_on_sigterm(tmp_path: Path) -
         url = f"{base}/v5/ad_accounts/{ACCOUNT}/customer_lists"
         resp = requests.post(url, json={"name": "cli", "records": h(1)}, headers=headers, timeout=5)
         assert resp.status_code == 200, resp.text
+        audience = requests.post(
+            url.replace("customer_lists", "audiences"),
+            json={
+                "name": "cli",
+                "audience_type": "CUSTOMER_LIST",
+                "rule": {"customer_list_id": resp.json()["id"]},
+            },
+            headers=headers,
+            timeout=5,
+        )
+        assert audience.status_code == 200, audience.text
+        assert (audience.json()["size"], audience.json()["status"]) == (None, "INITIALIZING")
         other = {"Authorization": f"Bearer {TOKEN}"}
         assert requests.get(url, headers=other, timeout=5).status_code == 401
         params = {"redirect_uri": REDIRECT, "response_type": "code"}

@@ -135,6 +135,16 @@ def test_sample_csv_incremental(meltano: mh.Meltano, emu: Emulator, sample: Any)
     assert report2["audience_id"] == report1["audience_id"]
     assert report2["identifiers_removed"] > 0
     assert check_ids(report2, emu) == expected2
+    # The run read the audience at its end (the emulator matches at once, every identifier).
+    assert report2["audience_status"] == "READY"
+    assert report2["audience_size"] == len(expected2)
+    assert report2["match_rate"] == pytest.approx(1.0)
+    # `:status` through Meltano, with the plugin's settings (audience_name, snapshot_path, ...).
+    status = json.loads(meltano("invoke", f"{mh.LOADER}:status", "--format", "json").stdout)
+    assert status["audience"]["id"] == str(report2["audience_id"])
+    assert status["customer_list"]["id"] == str(report2["segment_id"])
+    assert status["confirmed_members"] == len(expected2)
+    assert status["match_rate"] == pytest.approx(1.0)
 
     # Run 3: nothing new, nothing sent, nothing changed.
     writes_before = emu.state(members=False)["requests"]
