@@ -57,7 +57,7 @@ class RunSet:
         self._dir = tempfile.mkdtemp(prefix="target-pinterest-audiences-run-")
         path = Path(self._dir) / "run.sqlite"
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-16000"):
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-4000"):
             self._conn.execute(f"PRAGMA {pragma}")
         # Appending costs the same whatever the size; a keyed table would pay a random
         # B-tree write per identifier. Sorting happens once, at the end.
