@@ -325,6 +325,10 @@ class MirrorSync:
                 plan.removals,
                 writer.list_id,
             )
+        if writer.list_id is None:
+            # No list (the source only said `remove`): nothing to remove from.
+            report.removes_without_list += plan.removals
+            return
         self.phase = f"removing {plan.removals:,} identifiers"
         for chunk in runset.planned("removals", writer.per_request):
             writer.send("REMOVE", chunk)

@@ -522,3 +522,15 @@ def test_sigterm_while_the_run_finishes_its_writes_stops_cleanly(
     again = run_target(config, rows(source))
     assert again.returncode == 0, again.stderr
     assert set(the_list(emulator)["members"]) == hashed(source)
+
+
+def test_a_source_of_removes_only_with_no_list_writes_nothing(emulator, base_config, run_target):
+    messages = [
+        record(id=i, segment_name=SEGMENT, email=a, action="remove")
+        for i, a in enumerate(emails(range(3)))
+    ]
+    run = run_target(mirror_config(base_config), messages)
+    assert run.returncode == 0, run.stderr
+    assert write_log(emulator) == []
+    assert lists_named(emulator, SEGMENT) == []
+    assert run.final["removes_without_list"] == 3 and run.final["identifiers_removed"] == 0
