@@ -21,12 +21,13 @@ import logging
 import shutil
 import sqlite3
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from target_pinterest_audiences.report import Report
-from target_pinterest_audiences.snapshot import LOOKUP_CHUNK, PAGE_SIZE, KeyCodec, Snapshot
+from target_pinterest_audiences.snapshot import PAGE_SIZE, KeyCodec, Snapshot
 from target_pinterest_audiences.writer import Writer
 
 #: What the source wants for an identifier.
@@ -64,30 +65,29 @@ class RunSet:
         self._conn.execute("CREATE TABLE seen (h BLOB NOT NULL, want INTEGER NOT NULL)")
         self._conn.execute("CREATE TABLE adds (h BLOB NOT NULL)")
         self._conn.execute("CREATE TABLE removals (h BLOB NOT NULL)")
-        #: Members already handed to the writer while reading (first runs only).
-        self._conn.execute("CREATE TABLE streamed (h BLOB PRIMARY KEY) WITHOUT ROWID")
+        #: Every identifier an ADD of this run confirmed (once or more): counted at the end.
+        self._conn.execute("CREATE TABLE added (h BLOB NOT NULL)")
+        self._lock = threading.Lock()  # the writer's request threads record what they added
 
     def put(self, ops: Iterable[tuple[bytes, bool]], keeps: Iterable[bytes]) -> None:
         """Record one batch (keys encoded with `codec`), in input order."""
-        self._conn.execute("BEGIN")
-        self._conn.executemany("INSERT INTO seen VALUES (?, ?)", ops)
-        self._conn.executemany("INSERT INTO seen VALUES (?, 2)", ((key,) for key in keeps))
-        self._conn.execute("COMMIT")
+        with self._lock:
+            self._conn.execute("BEGIN")
+            self._conn.executemany("INSERT INTO seen VALUES (?, ?)", ops)
+            self._conn.executemany("INSERT INTO seen VALUES (?, 2)", ((key,) for key in keeps))
+            self._conn.execute("COMMIT")
 
-    def first_seen(self, keys: list[bytes]) -> set[bytes]:
-        """Those of `keys` not handed to the writer before in this run (and note them)."""
-        new: set[bytes] = set()
-        for start in range(0, len(keys), LOOKUP_CHUNK):
-            part = keys[start : start + LOOKUP_CHUNK]
-            probe = ",".join(["(?)"] * len(part))
-            cursor = self._conn.execute(
-                f"WITH probe(h) AS (VALUES {probe}) SELECT h FROM probe WHERE NOT EXISTS "
-                "(SELECT 1 FROM streamed WHERE streamed.h = probe.h)",
-                part,
-            )
-            new.update(row[0] for row in cursor.fetchall())
-        self._conn.executemany("INSERT OR IGNORE INTO streamed VALUES (?)", ((key,) for key in new))
-        return new
+    def record_added(self, keys: list[bytes]) -> None:
+        with self._lock:
+            self._conn.execute("BEGIN")
+            self._conn.executemany("INSERT INTO added VALUES (?)", ((key,) for key in keys))
+            self._conn.execute("COMMIT")
+
+    def distinct_added(self) -> int:
+        """How many distinct identifiers this run added (a member named in far-apart
+        batches of a first run may have been sent twice: ADD is idempotent)."""
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(DISTINCT h) FROM added").fetchone()[0])
 
     def _wanted(self) -> Iterator[tuple[bytes, int]]:
         """Each identifier once, in key order, with what the source finally wants for it:
@@ -178,12 +178,17 @@ class RunSet:
     def planned(self, table: str, size: int) -> Iterator[list[str]]:
         """The planned adds or removals, `size` at a time."""
         decode = self.codec.decode
-        cursor = self._conn.execute(f"SELECT h FROM {table} ORDER BY rowid")
+        last = 0
         while True:
-            rows = cursor.fetchmany(size)
+            with self._lock:  # request threads record confirmed adds meanwhile
+                rows = self._conn.execute(
+                    f"SELECT rowid, h FROM {table} WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                    (last, size),
+                ).fetchall()
             if not rows:
                 return
-            yield [decode(row[0]) for row in rows]
+            last = rows[-1][0]
+            yield [decode(row[1]) for row in rows]
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -223,6 +228,7 @@ class MirrorSync:
         self.held_message: str | None = None
         #: Set once the input is read: what the end of the run is doing (progress line).
         self.phase: str | None = None
+        writer.on_confirmed = self.confirmed
         #: The list type of this run's identifiers, set with its first batch of them: how
         #: the run's keys are stored while its list has no snapshot (the run creates it).
         self.run_list_type: str | None = None
@@ -266,16 +272,21 @@ class MirrorSync:
         runset.put(zip(keys, ops.values(), strict=True), [encode(d) for d in keeps])
         if not self.streaming or self.dry_run:
             return
-        wanted = zip(keys, ops.values(), strict=True)
-        new = runset.first_seen([key for key, is_add in wanted if is_add])
-        adds = writer.adds
-        for (digest, is_add), key in zip(ops.items(), keys, strict=True):
+        adds, in_flight = writer.adds, writer.in_flight_ids
+        for digest, is_add in ops.items():
             if not is_add:
                 adds.pop(digest, None)  # removed, if at all, once the input is complete
-            elif key in new:
+            elif digest not in in_flight:
                 adds[digest] = None
-        # Whatever this misses (a member taken back, then named again) the plan adds.
+        # A member named again after its ADD went out is sent again (ADD is idempotent);
+        # a member taken back, then named again, is added by the plan at the end.
         writer.flush(full_only=True)
+
+    def confirmed(self, operation: str, digests: list[str]) -> None:
+        """The writer's hook: Pinterest confirmed these (from a request thread)."""
+        if operation == "ADD" and self.runset is not None:
+            encode = self.runset.codec.encode
+            self.runset.record_added([encode(digest) for digest in digests])
 
     def finish(self) -> None:
         """The whole input was read: add what is still missing, then remove the rest."""
@@ -309,6 +320,7 @@ class MirrorSync:
             writer.flush(full_only=False)
             writer.wait_in_flight()
             writer.reconcile()
+        report.identifiers_added = runset.distinct_added()
         if reason:
             report.removals_held_back = plan.removals
             report.removals_held_back_reason = reason

@@ -403,6 +403,8 @@ class Uploader:
         self._attach(self.resolver.list_id, created=True)
         if self.writer.snapshot is not None and not self.dry_run:
             self.writer.snapshot.confirm(None, "ADD", chunk[:carried], [])
+        if self.writer.on_confirmed is not None and not self.dry_run:
+            self.writer.on_confirmed("ADD", chunk[:carried])
         return carried
 
     def report_ids_without_records(self) -> None:

@@ -65,6 +65,9 @@ class Writer:
         self.create_list = create_list
         self.list_id: str | None = None
         self.snapshot: Snapshot | None = None
+        #: Told of every write Pinterest confirmed (operation, identifiers), from the
+        #: request threads: mirror mode counts the distinct identifiers it added.
+        self.on_confirmed: Callable[[str, list[str]], None] | None = None
         #: Identifiers waiting for a full request, each with its latest action (in exactly
         #: one of the two); dicts keep arrival order.
         self.adds: dict[str, None] = {}
@@ -225,6 +228,8 @@ class Writer:
         with self._lock:
             self.in_flight_ids.difference_update(chunk)
             doubtful = [h for h in chunk if h in self.in_doubt] if self.in_doubt else []
+        if self.on_confirmed is not None:
+            self.on_confirmed(operation, chunk)
         if self.snapshot is None:
             return
         if doubtful:

@@ -534,3 +534,20 @@ def test_a_source_of_removes_only_with_no_list_writes_nothing(emulator, base_con
     assert write_log(emulator) == []
     assert lists_named(emulator, SEGMENT) == []
     assert run.final["removes_without_list"] == 3 and run.final["identifiers_removed"] == 0
+
+
+def test_first_run_counts_each_member_once_even_far_apart(emulator, base_config, run_target):
+    """A member named again after its ADD went out (batches apart) may be sent twice; the
+    report counts distinct identifiers, and the list is exact."""
+    config = mirror_config(base_config, identifiers_per_request=5, max_concurrent_writes=1)
+    addresses = emails(range(30))
+    messages = rows(addresses) + [
+        record(id=100 + i, segment_name=SEGMENT, email=a.upper()) for i, a in enumerate(addresses)
+    ]
+    run = run_target(config, messages)
+    assert run.returncode == 0, run.stderr
+    assert set(the_list(emulator)["members"]) == hashed(addresses)
+    assert run.final["identifiers_added"] == 30 and run.final["members_in_source"] == 30
+    again = run_target(config, messages)
+    assert again.returncode == 0, again.stderr
+    assert again.final["identifiers_added"] == 0 and again.final["unchanged"] == 30
