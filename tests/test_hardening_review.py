@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from conftest import SCHEMA, Run, cli_command, email_hash, lists_named, records, state
 
+from target_pinterest_audiences.identifiers import InvalidRecord, parse_record
+
 BOM = b"\xef\xbb\xbf"
 
 
@@ -61,3 +63,71 @@ def test_a_byte_order_mark_at_the_start_of_the_input_is_valid(
     (created,) = lists_named(emulator, "B")
     assert set(created["members"]) == {email_hash(f"bom{i}@example.com") for i in range(3)}
     assert run.states[-1]["bookmarks"] == {"customers": {"id": 3}}
+
+
+# ---- issue 10.2: emails with invisible characters can never match ----------------------------
+
+#: Each address differs from `hidden@example.com` only by a character no one sees (Unicode
+#: category Cf). Its hash matches no Pinterest user; external ids already reject them.
+INVISIBLE = {
+    "zero-width space first": "\u200bhidden@example.com",
+    "zero-width space in the local part": "hid\u200bden@example.com",
+    "byte order mark first": "\ufeffhidden@example.com",
+    "zero-width space in the domain": "hidden@exam\u200bple.com",
+    "soft hyphen": "hid\u00adden@example.com",
+    "left-to-right mark": "hidden\u200e@example.com",
+    "word joiner last": "hidden@example.com\u2060",
+}
+
+
+@pytest.mark.parametrize("raw", list(INVISIBLE.values()), ids=list(INVISIBLE))
+def test_emails_with_invisible_formatting_characters_are_invalid(raw: str) -> None:
+    with pytest.raises(InvalidRecord) as caught:
+        parse_record({"segment_name": "S", "action": "add", "email": raw})
+    assert caught.value.reason == "invalid_email"
+    assert "invisible formatting character" in caught.value.detail
+    assert "hidden" not in str(caught.value)
+
+
+def test_invisible_characters_in_emails_are_skipped_through_the_cli(
+    emulator, base_config, run_target
+):
+    rows = [
+        {"segment_name": "Z", "action": "add", "email": "visible@example.com"},
+        {"segment_name": "Z", "action": "add", "email": "\u200bhidden.one@example.com"},
+        {"segment_name": "Z", "action": "add", "email": "\ufeffhidden.two@example.com"},
+    ]
+    run = run_target({**base_config, "on_invalid_record": "skip"}, records(rows))
+    assert run.returncode == 0, run.stderr
+    assert run.final["records_skipped"] == {"invalid_email": 2}
+    (created,) = lists_named(emulator, "Z")
+    assert set(created["members"]) == {email_hash("visible@example.com")}
+    assert "hidden" not in run.stderr
+
+
+# ---- issue 10.2: control characters are rejected, not trimmed away -------------------------
+
+#: U+001C..U+001F are control characters (Unicode Cc), not whitespace (Unicode White_Space),
+#: but Python's str.strip() removes them: the address was silently repaired and accepted.
+EDGE_CONTROLS = ["\x1chidden@example.com", "hidden@example.com\x1f", "\x1ehidden@example.com\x1d"]
+
+
+@pytest.mark.parametrize("raw", EDGE_CONTROLS, ids=["FS first", "US last", "RS and GS"])
+def test_control_characters_at_the_edges_of_an_email_are_not_trimmed(raw: str) -> None:
+    with pytest.raises(InvalidRecord) as caught:
+        parse_record({"segment_name": "S", "action": "add", "email": raw})
+    assert caught.value.reason == "invalid_email"
+    assert "control character" in caught.value.detail
+
+
+def test_control_characters_at_the_edges_of_an_external_id_are_not_trimmed() -> None:
+    record = {"segment_name": "S", "action": "add", "external_id": "\x1fXY1234"}
+    with pytest.raises(InvalidRecord) as caught:
+        parse_record(record, external_id_type="LR_ID")
+    assert caught.value.reason == "invalid_external_id"
+
+
+def test_whitespace_around_identifiers_is_still_trimmed() -> None:
+    record = {"segment_name": "S", "action": "add", "email": "\t\u3000User@Example.com \r\n\x85"}
+    parsed = parse_record(record)
+    assert parsed.identifiers == (("email", email_hash("user@example.com")),)
