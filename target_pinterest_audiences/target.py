@@ -862,8 +862,11 @@ class TargetPinterestAudiences(Target):
         except MissingKeyPropertiesError:  # singer-sdk's (from a mapped stream) or ours
             cause = target._missing_key_property() if target else "a record lacks a key property"
             cls._stop(target, str(cause))
-        except ConfigValidationError:
-            raise  # singer-sdk's CLI lists each error and exits 1
+        except ConfigValidationError as exc:
+            # singer-sdk's CLI would end the log with "Config validation failed", naming
+            # no setting: the cause goes last instead (the messages never hold a secret).
+            errors = "; ".join(exc.errors) or str(exc)
+            cls._stop(target, f"invalid settings: {errors}. Fix the settings and run again")
         except Terminated as exc:
             cls._terminate(target, exc.signum)
         except Exception as exc:

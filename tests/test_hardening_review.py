@@ -131,3 +131,20 @@ def test_whitespace_around_identifiers_is_still_trimmed() -> None:
     record = {"segment_name": "S", "action": "add", "email": "\t\u3000User@Example.com \r\n\x85"}
     parsed = parse_record(record)
     assert parsed.identifiers == (("email", email_hash("user@example.com")),)
+
+
+# ---- issue 10.5: a run stopped by its settings ends with the cause ---------------------------
+
+
+def test_invalid_settings_end_the_log_with_the_cause(emulator, base_config, run_target):
+    """singer-sdk's own handler logs each error, then 'Config validation failed' last: the tail
+    of a Meltano log then says neither which setting nor what to do."""
+    rows = [{"segment_name": "C", "action": "add", "email": "c@example.com"}]
+    run = run_target({**base_config, "on_invalid_record": "sometimes"}, records(rows))
+    assert run.returncode == 1
+    last = last_line(run.stderr)
+    assert "| ERROR" in last and "Run failed: " in last, run.stderr
+    assert "on_invalid_record" in last, last
+    assert [x for x in run.stderr.splitlines() if "| ERROR" in x] == [last]
+    assert "Traceback" not in run.stderr
+    assert lists_named(emulator, "C") == []
