@@ -148,3 +148,52 @@ def test_invalid_settings_end_the_log_with_the_cause(emulator, base_config, run_
     assert [x for x in run.stderr.splitlines() if "| ERROR" in x] == [last]
     assert "Traceback" not in run.stderr
     assert lists_named(emulator, "C") == []
+
+
+# ---- issue 11.2: no identifier value in the rejected-records file ---------------------------
+
+
+def test_a_key_property_renamed_into_an_identifier_field_is_not_written(
+    emulator, base_config, run_target, tmp_path
+):
+    """The README's way to adapt a source: rename its columns with the target's stream_maps.
+    A customer table keyed by its email column keeps that column as the key property, and
+    the record then holds the same email under both names: the key's value is an
+    identifier value, so it must not reach the file."""
+    rejected = tmp_path / "rejected.jsonl"
+    schema = {
+        "type": "SCHEMA",
+        "stream": "customers",
+        "schema": {"type": "object", "properties": {"customer_email": {"type": "string"}}},
+        "key_properties": ["customer_email"],
+    }
+    messages = [
+        schema,
+        *[
+            {"type": "RECORD", "stream": "customers", "record": row}
+            for row in (
+                {"segment_name": "R", "action": "add", "customer_email": "kept@example.com"},
+                {"segment_name": "R", "action": "maybe", "customer_email": "Valid.Sentinel@x.com"},
+                {"segment_name": "R", "action": "add", "customer_email": "Second.Sentinel@x.com>"},
+            )
+        ],
+    ]
+    config = {
+        **base_config,
+        "on_invalid_record": "skip",
+        "rejected_records_path": str(rejected),
+        # email (the identifier field) computed from the key column, trimmed and lowercased
+        "stream_maps": {"customers": {"email": "customer_email.strip().lower()"}},
+    }
+    run = run_target(config, "".join(json.dumps(m) + "\n" for m in messages))
+    assert run.returncode == 0, run.stderr
+    assert run.final["records_skipped"] == {"unknown_action": 1, "invalid_email": 1}
+    content = rejected.read_text()
+    assert "sentinel" not in content.lower(), content
+    lines = [json.loads(x) for x in content.splitlines()]
+    assert [(x["record_number"], x["keys"], x["reason"]) for x in lines] == [
+        (2, {}, "unknown_action"),
+        (3, {}, "invalid_email"),
+    ]
+    assert "customer_email" in run.stderr  # the log says which key property was left out
+    assert "sentinel" not in run.stderr.lower()
