@@ -197,3 +197,34 @@ def test_a_key_property_renamed_into_an_identifier_field_is_not_written(
     ]
     assert "customer_email" in run.stderr  # the log says which key property was left out
     assert "sentinel" not in run.stderr.lower()
+
+
+# ---- issue 10.5: a stream map that cannot work says why -------------------------------------
+
+
+def test_a_stream_map_config_error_is_shown_not_withheld(emulator, base_config, run_target):
+    """singer-sdk refuses a map that removes a key property and says to use
+    __key_properties__; that message comes from the setting and the SCHEMA (property names),
+    never from a record, yet it was withheld as if it could quote input data."""
+    schema = {
+        "type": "SCHEMA",
+        "stream": "customers",
+        "schema": {"type": "object", "properties": {"customer_email": {"type": "string"}}},
+        "key_properties": ["customer_email"],
+    }
+    row = {"segment_name": "M", "action": "add", "customer_email": "map.sentinel@example.com"}
+    config = {
+        **base_config,
+        "stream_maps": {"customers": {"email": "customer_email", "customer_email": None}},
+    }
+    text = "".join(
+        json.dumps(m) + "\n"
+        for m in (schema, {"type": "RECORD", "stream": "customers", "record": row})
+    )
+    run = run_target(config, text)
+    assert run.returncode == 1
+    last = last_line(run.stderr)
+    assert "Run failed: " in last and "input line 1" in last, last
+    assert "stream_maps" in last and "__key_properties__" in last, last
+    assert "sentinel" not in run.stderr.lower()
+    assert lists_named(emulator, "M") == []
