@@ -56,6 +56,10 @@ _EMAIL_FAST_MAX_LENGTH = 64
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc: C0, DEL, C1
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # not Unicode scalar values: no UTF-8 form
 _WHITESPACE = re.compile(r"\s")
+#: What trimming removes from an identifier: Unicode White_Space. Python's str.strip() also
+#: removes U+001C..U+001F, which are control characters, not whitespace: an identifier
+#: holding one breaks a rule instead of being repaired.
+_TRIM = "".join(c for c in map(chr, range(0x3001)) if c.isspace() and not "\x1c" <= c <= "\x1f")
 #: atext (ASCII letters either case, digits, the listed symbols) plus any non-ASCII character
 #: (RFC 6532), and dots; control characters and whitespace are ruled out before this is used.
 _LOCAL_PART = re.compile(rf"[A-Z{_ATEXT}.\u0080-\U0010ffff]+")
@@ -237,7 +241,9 @@ def email_violation(email: str) -> str | None:
     Only addresses a mail server accepts can match anyone: an unquoted RFC 5322 dot-atom local
     part (atext and single inner dots; UTF-8 allowed, RFC 6532), '@', and a domain of at least
     two labels of letters, digits and hyphens (non-ASCII allowed: IDN) with no hyphen at either
-    end and a top-level label that is not all digits. Nothing is repaired: `<a@b.com>` and
+    end and a top-level label that is not all digits. No invisible formatting character
+    (Unicode Cf: a zero-width space, a byte order mark), which makes another address than the
+    one its owner signed up with. Nothing is repaired: `<a@b.com>` and
     `mailto:a@b.com` are rejected, not stripped. Lengths are octets, as the RFCs count them:
     the address and its local part in UTF-8 (RFC 5321, RFC 6531), domain labels and the domain
     in their DNS (ASCII) form, a non-ASCII label as its Punycode A-label `xn--...` (RFC 1035).
@@ -246,6 +252,11 @@ def email_violation(email: str) -> str | None:
         return "it holds a control character"
     if _SURROGATE.search(email):
         return "it is not valid Unicode (it holds a lone surrogate)"
+    if not email.isascii() and any(unicodedata.category(c) == "Cf" for c in email):
+        return (
+            "it holds an invisible formatting character (such as a zero-width space, a byte "
+            "order mark or a soft hyphen)"
+        )
     if _WHITESPACE.search(email):
         return "it holds whitespace"
     if email.count("@") != 1:
@@ -295,13 +306,13 @@ def normalize_email(value: str) -> str | None:
     The rules are email_violation's. No provider-specific rewriting (such as removing Gmail
     dots): Pinterest does not ask for it.
     """
-    email = value.strip().lower()
+    email = value.strip(_TRIM).lower()
     return email if email_violation(email) is None else None
 
 
 def normalize_device_id(value: str) -> str | None:
     """Trim and lowercase a MAID or IDFA; None unless a UUID in 8-4-4-4-12 form, not all zero."""
-    device_id = value.strip().lower()
+    device_id = value.strip(_TRIM).lower()
     ok = _UUID.fullmatch(device_id) and device_id not in _NEVER_MATCHING
     return device_id if ok else None
 
@@ -312,7 +323,7 @@ def normalize_sha256(value: str) -> str | None:
     The SHA-256 of the zeroed device id or of a placeholder (empty, 'null', 'none', ...) is
     well formed but stands for no one.
     """
-    digest = value.strip().lower()
+    digest = value.strip(_TRIM).lower()
     ok = _SHA256_HEX.fullmatch(digest) and digest not in _NEVER_MATCHING
     return digest if ok else None
 
@@ -342,7 +353,7 @@ def identifier_digest(field: str, value: object, external_id_type: str | None = 
         raise InvalidRecord(field, f"invalid_{field}", "must be a string")
     if kind == EXTERNAL:
         return _external_id(value, external_id_type)
-    value = value.strip().lower()
+    value = value.strip(_TRIM).lower()
     if not value:
         return None
     if kind == "email" and not pre_hashed:
@@ -359,7 +370,7 @@ def identifier_digest(field: str, value: object, external_id_type: str | None = 
 
 
 def _external_id(value: str, external_id_type: str | None) -> str | None:
-    external_id = value.strip()
+    external_id = value.strip(_TRIM)
     if not external_id:
         return None
     if external_id_type is None:
@@ -492,7 +503,7 @@ def parse_record(
         if value is None:
             continue
         if isinstance(value, str):
-            value = value.strip().lower()
+            value = value.strip(_TRIM).lower()
             if not value:
                 continue
             if (

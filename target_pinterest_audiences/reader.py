@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import decimal
 import gzip
+import itertools
 import json
 import re
 import typing as t
@@ -85,6 +86,20 @@ def batch_file_problem(exc: BaseException) -> str:
     return f"{type(exc).__name__}"
 
 
+def _without_bom(lines: t.Iterable[t.AnyStr]) -> t.Iterable[t.AnyStr]:
+    """The lines, the first without a leading UTF-8 byte order mark: Windows tools start a
+    file with one, and JSON parsers may ignore it (RFC 8259, section 8.1)."""
+    rest = iter(lines)
+    first = next(rest, None)
+    if first is None:
+        return rest
+    if isinstance(first, bytes):
+        first = first.removeprefix(b"\xef\xbb\xbf")
+    else:
+        first = first.removeprefix("\ufeff")
+    return itertools.chain((first,), rest)
+
+
 class SafeSingerReader(SimpleSingerReader):
     """SimpleSingerReader whose errors say where and what, never the line's content."""
 
@@ -134,8 +149,8 @@ class SafeSingerReader(SimpleSingerReader):
         source = file_input if file_input is not None else self.default_input
         binary = getattr(source, "buffer", None)
         if binary is not None:
-            return t.cast("t.Iterable[bytes]", binary)
-        return self._text_lines(source)
+            return _without_bom(t.cast("t.Iterable[bytes]", binary))
+        return _without_bom(self._text_lines(source))
 
     def _text_lines(self, source: t.Iterable[str]) -> t.Iterator[str]:
         """A text stream without a byte layer: its decoding errors still name a line."""

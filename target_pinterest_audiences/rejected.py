@@ -4,8 +4,10 @@ With on_invalid_record=skip, counts by reason do not say which rows of the sourc
 When rejected_records_path is set, every skipped record is appended as one JSON line: its
 record number, stream, key properties with their values, the field at fault and the
 reason. Identifier values are never written, not even when an identifier field is a key
-property: the file exists to find rows, and is often passed around more freely than the
-data. It is private (mode 0600) whatever the umask, also when it already existed.
+property, or a key property holds an identifier's value (a column renamed or copied into
+`email` by stream_maps keeps its own name in the key properties): the file exists to find
+rows, and is often passed around more freely than the data. It is private (mode 0600)
+whatever the umask, also when it already existed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from target_pinterest_audiences.identifiers import IDENTIFIER_FIELDS
 
 #: Key properties never written: identifier fields, whatever their case or padding.
 _IDENTIFIER_NAMES = frozenset(IDENTIFIER_FIELDS)
+
+
+def _folded(value: str) -> str:
+    """How an identifier and a key holding it compare: trimmed, case folded."""
+    return value.strip().casefold()
 
 
 class RejectedRecords:
@@ -74,20 +81,30 @@ class RejectedRecords:
         field: str,
         reason: str,
     ) -> None:
-        """One skipped record: its keys (never an identifier field), the field and reason."""
+        """One skipped record: its keys (never an identifier field, nor a key holding the
+        value of one: a column renamed or copied into `email` by stream_maps), the field
+        and the reason."""
+        identifier_values = {
+            _folded(value)
+            for field in IDENTIFIER_FIELDS
+            if isinstance(value := record.get(field), str) and value.strip()
+        }
         keys: dict[str, Any] = {}
         left_out = []
         for key in key_properties:
-            if key.strip().lower() in _IDENTIFIER_NAMES:
+            value = record.get(key)
+            if key.strip().lower() in _IDENTIFIER_NAMES or (
+                isinstance(value, str) and _folded(value) in identifier_values
+            ):
                 left_out.append(key)
             else:
-                keys[key] = record.get(key)
+                keys[key] = value
         if left_out and stream not in self._left_out_said:
             self._left_out_said.add(stream)
             self.logger.warning(
                 "Rejected-records file: key properties %s of stream '%s' are identifier "
-                "fields, so their values are left out of %s (identifiers are never written); "
-                "other key properties are written",
+                "fields or hold their values, so their values are left out of %s "
+                "(identifiers are never written); other key properties are written",
                 ", ".join(f"'{key}'" for key in left_out),
                 stream,
                 self.path,

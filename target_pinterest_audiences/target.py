@@ -20,6 +20,7 @@ from singer_sdk.exceptions import (
     ConfigValidationError,
     MissingKeyPropertiesError,
     RecordsWithoutSchemaException,
+    StreamMapConfigError,
 )
 from singer_sdk.helpers.capabilities import (
     TARGET_BATCH_SIZE_ROWS_CONFIG,
@@ -862,8 +863,15 @@ class TargetPinterestAudiences(Target):
         except MissingKeyPropertiesError:  # singer-sdk's (from a mapped stream) or ours
             cause = target._missing_key_property() if target else "a record lacks a key property"
             cls._stop(target, str(cause))
-        except ConfigValidationError:
-            raise  # singer-sdk's CLI lists each error and exits 1
+        except StreamMapConfigError as exc:
+            # Built from the setting and the SCHEMA's property names, never from a record.
+            where = f"input line {target._input_line()}: " if target else ""
+            cls._stop(target, f"{where}setting 'stream_maps' cannot work: {exc}")
+        except ConfigValidationError as exc:
+            # singer-sdk's CLI would end the log with "Config validation failed", naming
+            # no setting: the cause goes last instead (the messages never hold a secret).
+            errors = "; ".join(exc.errors) or str(exc)
+            cls._stop(target, f"invalid settings: {errors}. Fix the settings and run again")
         except Terminated as exc:
             cls._terminate(target, exc.signum)
         except Exception as exc:
