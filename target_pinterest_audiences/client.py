@@ -335,7 +335,7 @@ class PinterestClient:
                         message,
                         rid,
                         "The token lacks the scopes this needs (ads:read, ads:write): reconnect "
-                        "with `target-pinterest-audiences-auth`, which asks for both",
+                        "with `target-pinterest-audiences-admin connect`, which asks for both",
                     )
                 if status == 401 and reauthorized < MAX_REAUTHORIZATIONS:
                     self.logger.info("HTTP 401 on %s %s; refreshing the access token", method, path)

@@ -415,7 +415,7 @@ class TargetPinterestAudiences(Target):
             errors.append(
                 "credentials: set 'access_token', or all of 'refresh_token', 'client_id' and "
                 "'client_secret' (missing: " + ", ".join(missing_refresh) + "), or connect "
-                "with `target-pinterest-audiences-auth` to create the token file "
+                "with `target-pinterest-audiences-admin connect` to create the token file "
                 f"({self._token_path(config)})"
             )
         return errors

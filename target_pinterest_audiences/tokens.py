@@ -103,7 +103,7 @@ class TokenStore:
                         raise TransientAuthError(
                             f"another process has held the token lock {self.lock_path} for "
                             f"more than {wait_seconds:.0f} s (a parallel run or "
-                            "`target-pinterest-audiences-auth` that may be stuck)"
+                            "`target-pinterest-audiences-admin connect` that may be stuck)"
                         ) from None
                     time.sleep(pause)
                     pause = min(pause * 2, 0.1)
@@ -211,7 +211,7 @@ def request_token(
             "check client_id and client_secret"
             if response.status_code == 401
             else "the code or refresh token is invalid, expired or already used: "
-            "reconnect with `target-pinterest-audiences-auth`"
+            "reconnect with `target-pinterest-audiences-admin connect`"
         )
         raise AuthError(
             f"Pinterest refused the {grant} grant: HTTP {response.status_code}, code {code}, "
@@ -302,7 +302,7 @@ class TokenManager:
             if not self._access:
                 raise AuthError(
                     "no access token: set access_token, or refresh_token with client_id and "
-                    "client_secret, or connect with `target-pinterest-audiences-auth`"
+                    "client_secret, or connect with `target-pinterest-audiences-admin connect`"
                 )
             return self._access
 
@@ -334,7 +334,7 @@ class TokenManager:
         raise AuthError(
             "Pinterest rejected the access token (expired or revoked) and it cannot be "
             "refreshed: set refresh_token, client_id and client_secret, or reconnect with "
-            "`target-pinterest-audiences-auth`"
+            "`target-pinterest-audiences-admin connect`"
         )
 
     def _file_lock(self) -> contextlib.AbstractContextManager[None]:
@@ -446,7 +446,8 @@ class TokenManager:
         if left < REFRESH_TOKEN_WARN_SECONDS:
             self.logger.warning(
                 "The Pinterest refresh token expires in %.1f days: run the target (which "
-                "rotates it) or reconnect with `target-pinterest-audiences-auth` before then",
+                "rotates it) or reconnect with `target-pinterest-audiences-admin connect` "
+                "before then",
                 max(left, 0) / 86400,
             )
 
