@@ -821,6 +821,7 @@ def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         logger=logger,
         directory=args.snapshot_path,
         url=args.snapshot_url,
+        api_url=args.api_url,
     )
     try:
         status = read_status(

@@ -77,6 +77,11 @@ class Resolver:
         self.report = report
         self.logger = logger
         self.list_id: str | None = None
+        #: Pinterest's created_time of the list, when an answer said it: tells a snapshot
+        #: kept under a reused id apart (snapshot.py).
+        self.list_created_time: Any = None
+        #: created_time of the last item this run created (None when its answer was lost).
+        self.created_time: Any = None
         #: Whether the records' segment was resolved (done before the first write).
         self.resolved = False
         #: The list named by the rule of the audience_id setting's Audience.
@@ -105,6 +110,21 @@ class Resolver:
                 "not a CUSTOMER_LIST audience: it has no Customer List to update"
             )
         self.audience_rule_list = str(list_id)
+        # Its created_time tells a snapshot kept under a reused id apart (snapshot.py).
+        try:
+            rule_list = self.client.request(
+                "GET", f"/ad_accounts/{self.account}/customer_lists/{self.audience_rule_list}"
+            )
+        except PinterestAPIError as exc:
+            if exc.status == 404:
+                raise TargetError(
+                    f"Audience {self.audience_id} uses Customer List {self.audience_rule_list}, "
+                    f"which ad account {self.account} does not have (HTTP 404, x-pinterest-rid "
+                    f"{exc.rid}): the list was deleted. Remove audience_id to create a new "
+                    "list and audience"
+                ) from None
+            raise
+        self.list_created_time = rule_list.get("created_time")
         self.report.audience_id = self.audience_id
         self.report.segment_id = self.audience_rule_list
         self.logger.info(
@@ -137,6 +157,7 @@ class Resolver:
             return
         if self.list_id:
             existing = self._get_list(self.list_id)
+            self.list_created_time = existing.get("created_time")
             if existing.get("name") not in (None, segment_name):
                 self.logger.warning(
                     "Customer List %s is named %r, not %r (segment_name): updating it anyway, "
@@ -146,7 +167,13 @@ class Resolver:
                     segment_name,
                 )
         else:
-            found = self._find("customer_lists", lambda item: item.get("name") == segment_name)
+            created_times: dict[str, Any] = {}
+
+            def named(item: dict[str, Any]) -> bool:
+                created_times[str(item.get("id"))] = item.get("created_time")
+                return item.get("name") == segment_name
+
+            found = self._find("customer_lists", named)
             if len(found) > 1:
                 raise TargetError(
                     f"{len(found)} Customer Lists in ad account {self.account} are named "
@@ -155,6 +182,7 @@ class Resolver:
                 )
             if found:
                 self.list_id = found[0]
+                self.list_created_time = created_times.get(found[0])
                 self.logger.info(
                     "Adopting existing Customer List %s named %r", self.list_id, segment_name
                 )
@@ -307,6 +335,7 @@ class Resolver:
                     "per request from now on",
                     len(first),
                 )
+        self.list_created_time = self.created_time
         self.report.list_created = True
         self.report.segment_id = self.list_id
         self.logger.info("Created Customer List %s named %r", self.list_id, name)
@@ -326,6 +355,7 @@ class Resolver:
                 answer = self.client.request(
                     "POST", path, json=body, idempotent=False, deadline=deadline
                 )
+                self.created_time = answer.get("created_time")
                 return str(answer["id"])
             except AmbiguousWrite as exc:
                 # A create that timed out may still be running on Pinterest's side: keep
@@ -335,6 +365,7 @@ class Resolver:
                     found = self._find(kind, match)
                     if found:
                         self.logger.warning("%s; it was, adopting %s", exc, found[0])
+                        self.created_time = None
                         return found[0]
                     if time.monotonic() >= min(look_until, deadline):
                         break

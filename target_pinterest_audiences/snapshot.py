@@ -33,6 +33,7 @@ import os
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ MEMBER, GONE, IN_DOUBT = 1, 0, 2
 _SQLITE_DDL = (
     f"CREATE TABLE IF NOT EXISTS {_LISTS} (list_key INTEGER PRIMARY KEY, ad_account_id TEXT "
     "NOT NULL, list_id TEXT NOT NULL, list_type TEXT, created_at TEXT NOT NULL, "
+    "list_created_time TEXT, "
     "UNIQUE (ad_account_id, list_id))",
     f"CREATE TABLE IF NOT EXISTS {_MEMBERS} (list_key INTEGER NOT NULL, h BLOB NOT NULL, "
     "confirmed INTEGER NOT NULL, PRIMARY KEY (list_key, h)) WITHOUT ROWID",
@@ -72,6 +74,7 @@ _SQLITE_DDL = (
 _POSTGRES_DDL = (
     f"CREATE TABLE IF NOT EXISTS {_LISTS} (list_key BIGSERIAL PRIMARY KEY, ad_account_id TEXT "
     "NOT NULL, list_id TEXT NOT NULL, list_type TEXT, created_at TEXT NOT NULL, "
+    "list_created_time TEXT, "
     "UNIQUE (ad_account_id, list_id))",
     f"CREATE TABLE IF NOT EXISTS {_MEMBERS} (list_key BIGINT NOT NULL, h BYTEA NOT NULL, "
     "confirmed SMALLINT NOT NULL, PRIMARY KEY (list_key, h))",
@@ -117,6 +120,23 @@ class KeyCodec:
 _HEX_KEY = re.compile(r"(?:[0-9a-f]{2})+")
 
 
+#: The API whose lists need no qualifier in the store (every other one is named).
+PINTEREST_API_HOST = "api.pinterest.com"
+
+
+def account_key(ad_account_id: str, api_url: str | None) -> str:
+    """Whose lists: the ad account, qualified by the API host unless it is Pinterest's.
+
+    List ids are unique per Pinterest, not across APIs: a local emulator hands out the same
+    ids again after a restart, and two emulators run side by side. Qualified, their
+    snapshots and locks never meet each other's or Pinterest's.
+    """
+    host = urllib.parse.urlsplit(api_url or "").netloc.lower()
+    if not host or host == PINTEREST_API_HOST:
+        return ad_account_id
+    return f"{ad_account_id}@{host}"
+
+
 class SnapshotStore:
     """Where the snapshots of one ad account live; hands out one Snapshot per list."""
 
@@ -127,8 +147,10 @@ class SnapshotStore:
         logger: logging.Logger,
         directory: str | Path | None = None,
         url: str | None = None,
+        api_url: str | None = None,
     ) -> None:
-        self.ad_account_id = ad_account_id
+        #: The ad account as the store names it (see account_key).
+        self.ad_account_id = account_key(ad_account_id, api_url)
         self.logger = logger
         self.url = url or None
         self.directory = Path(directory).expanduser() if directory else default_snapshot_dir()
@@ -189,15 +211,27 @@ class SnapshotStore:
     # ---- snapshots -------------------------------------------------------------------
 
     def open(
-        self, list_id: str, *, list_type: str | None = None, readonly: bool = False
+        self,
+        list_id: str,
+        *,
+        list_type: str | None = None,
+        readonly: bool = False,
+        new_list: bool = False,
+        list_created_time: Any = None,
     ) -> Snapshot | None:
-        """The snapshot of one list, created when missing (None if missing and readonly)."""
+        """The snapshot of one list, created when missing (None if missing and readonly).
+
+        A snapshot kept under this id for another list is dropped, never used: when this
+        run has just created the list (`new_list`: it cannot have members yet), or when
+        Pinterest's `created_time` of the list differs from the one recorded.
+        """
         if self.url:
             conn, paramstyle = self._pg_connect(), "pyformat"
             if not self._pg_ready:
                 self._pg_ensure_tables(conn)
         else:
-            path = self.directory / f"snapshot-{self.ad_account_id}-{list_id}.sqlite"
+            account = re.sub(r"[^A-Za-z0-9_.@-]+", "_", self.ad_account_id)
+            path = self.directory / f"snapshot-{account}-{list_id}.sqlite"
             if readonly and not path.exists():
                 return None
             self._make_directory()
@@ -213,6 +247,8 @@ class SnapshotStore:
             list_type=list_type,
             readonly=readonly,
             logger=self.logger,
+            new_list=new_list,
+            list_created_time=None if list_created_time is None else str(list_created_time),
         )
 
     def close(self) -> None:
@@ -316,6 +352,8 @@ class Snapshot:
         list_type: str | None,
         readonly: bool,
         logger: logging.Logger,
+        new_list: bool = False,
+        list_created_time: str | None = None,
     ) -> None:
         self._conn = conn
         self._sqlite = paramstyle == "qmark"
@@ -325,22 +363,46 @@ class Snapshot:
         self.logger = logger
         with self._lock:
             row = self._one(
-                f"SELECT list_key, list_type FROM {_LISTS} WHERE ad_account_id = ? AND list_id = ?",
+                f"SELECT list_key, list_type, list_created_time FROM {_LISTS} WHERE "
+                "ad_account_id = ? AND list_id = ?",
                 (ad_account_id, list_id),
             )
+            if row is not None and (
+                new_list
+                or (list_created_time is not None and row[2] not in (None, list_created_time))
+            ):
+                # Another list had this id (a restarted emulator, a re-created account).
+                if readonly:
+                    row = None
+                else:
+                    self.logger.warning(
+                        "The snapshot kept for Customer List %s belongs to an earlier list with "
+                        "the same id; starting a new snapshot for it",
+                        list_id,
+                    )
+                    self._drop(row[0])
+                    self._conn.commit()
+                    row = None
             #: Whether this list had a snapshot before this run.
             self.existed = row is not None
             if row is None and not readonly:
                 created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 self._exec(
-                    f"INSERT INTO {_LISTS} (ad_account_id, list_id, list_type, created_at) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (ad_account_id, list_id) DO NOTHING",
-                    (ad_account_id, list_id, list_type, created),
+                    f"INSERT INTO {_LISTS} (ad_account_id, list_id, list_type, created_at, "
+                    "list_created_time) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (ad_account_id, list_id) DO NOTHING",
+                    (ad_account_id, list_id, list_type, created, list_created_time),
                 )
                 row = self._one(
-                    f"SELECT list_key, list_type FROM {_LISTS} WHERE ad_account_id = ? AND "
-                    "list_id = ?",
+                    f"SELECT list_key, list_type, list_created_time FROM {_LISTS} WHERE "
+                    "ad_account_id = ? AND list_id = ?",
                     (ad_account_id, list_id),
+                )
+                self._conn.commit()
+            elif row is not None and row[2] is None and list_created_time and not readonly:
+                self._exec(
+                    f"UPDATE {_LISTS} SET list_created_time = ? WHERE list_key = ?",
+                    (list_created_time, row[0]),
                 )
                 self._conn.commit()
             self._key: int = row[0] if row else -1
@@ -353,6 +415,10 @@ class Snapshot:
             self.members_at_open = self._count()
 
     # ---- SQL helpers (callers hold self._lock) ---------------------------------------
+
+    def _drop(self, list_key: int) -> None:
+        for table in (_MEMBERS, _LOG, _JOURNAL, _LISTS):
+            self._exec(f"DELETE FROM {table} WHERE list_key = ?", (list_key,))
 
     def _sql(self, statement: str) -> str:
         return statement if self._sqlite else statement.replace("?", "%s")

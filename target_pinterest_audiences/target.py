@@ -455,6 +455,7 @@ class TargetPinterestAudiences(Target):
             ad_account_id=config["ad_account_id"],
             directory=config.get("snapshot_path"),
             url=config.get("snapshot_url"),
+            api_url=config.get("api_url") or DEFAULT_API_URL,
             logger=self.logger,
         )
         skip_invalid = config.get("on_invalid_record", "fail") == "skip"

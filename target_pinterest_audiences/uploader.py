@@ -321,11 +321,18 @@ class Uploader:
         if self.store is None or list_id == DRY_RUN_NEW_LIST:
             return
         if self.client is None or self.dry_run:
-            self.writer.snapshot = self.store.open(list_id, readonly=True)
+            self.writer.snapshot = self.store.open(
+                list_id, readonly=True, list_created_time=self.resolver.list_created_time
+            )
         else:
             self.store.lock(f"list-{list_id}", f"Customer List {list_id}")
             list_type = self.resolver.new_list_type(self._kinds) if created else None
-            self.writer.snapshot = self.store.open(list_id, list_type=list_type)
+            self.writer.snapshot = self.store.open(
+                list_id,
+                list_type=list_type,
+                new_list=created,
+                list_created_time=self.resolver.list_created_time,
+            )
         snapshot = self.writer.snapshot
         if self.mirror is not None:
             self.report.snapshot = "existing" if snapshot and snapshot.existed else "new"

@@ -551,3 +551,102 @@ def test_first_run_counts_each_member_once_even_far_apart(emulator, base_config,
     again = run_target(config, messages)
     assert again.returncode == 0, again.stderr
     assert again.final["identifiers_added"] == 0 and again.final["unchanged"] == 30
+
+
+# ---- snapshots kept under a list id that another list reuses ---------------------------------
+
+
+def _post_list(emulator, name: str, hashes: set[str]) -> str:
+    """Create a list straight on the emulator, as another tool would."""
+    import requests
+
+    answer = requests.post(
+        f"{emulator.api_url}/ad_accounts/549755885175/customer_lists",
+        json={"name": name, "records": ",".join(sorted(hashes))},
+        headers={"Authorization": "Bearer emu-access-token"},
+        timeout=10,
+    )
+    answer.raise_for_status()
+    return str(answer.json()["id"])
+
+
+def _restart_ids(emulator) -> None:
+    """Forget everything and hand out the same ids again, as a restarted emulator does."""
+    emulator.reset()
+    emulator._next_id = 2542620639001
+
+
+def test_a_snapshot_of_an_earlier_list_with_the_same_id_is_never_used(
+    emulator, base_config, run_target
+):
+    """A restarted emulator (same address) hands out the same list ids again: the snapshot
+    of the earlier list must not make the new one look full."""
+    config = mirror_config(base_config)
+    first = run_target(config, rows(emails(range(20))))
+    assert first.returncode == 0, first.stderr
+    old_id = the_list(emulator)["id"]
+    _restart_ids(emulator)  # same address, ids start over
+
+    # The run creates the list again under the same id: it starts a new snapshot.
+    again = run_target(config, rows(emails(range(10, 30))))
+    assert again.returncode == 0, again.stderr
+    assert the_list(emulator)["id"] == old_id
+    assert set(the_list(emulator)["members"]) == hashed(emails(range(10, 30)))
+    assert again.final["snapshot"] == "new" and again.final["identifiers_removed"] == 0
+    assert all(op != "REMOVE" for op, _ in patches_since(emulator, 0))
+
+    # A list made elsewhere under a reused id (another created_time) is not the old one.
+    _restart_ids(emulator)
+    time.sleep(1.1)
+    assert _post_list(emulator, SEGMENT, hashed(emails([0]))) == old_id
+    adopted = run_target(config, rows(emails(range(10, 30))))
+    assert adopted.returncode == 0, adopted.stderr
+    assert adopted.final["snapshot"] == "new" and adopted.final["unchanged"] == 0
+    assert set(the_list(emulator)["members"]) == hashed(emails(range(10, 30))) | hashed(emails([0]))
+
+
+def test_runs_against_two_emulators_at_once_share_nothing(base_config, tmp_path):
+    """Snapshots and locks are kept per API host: two emulators (two ports) with the same
+    ad account, list ids and audience name do not block or confuse each other."""
+    from conftest import ACCESS_TOKEN, AD_ACCOUNT, CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN
+
+    from target_pinterest_audiences.emulator import Emulator
+
+    emulators = [
+        Emulator(
+            port=0,
+            ad_accounts=(AD_ACCOUNT,),
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            access_token=ACCESS_TOKEN,
+            refresh_token=REFRESH_TOKEN,
+        ).start()
+        for _ in range(2)
+    ]
+    try:
+        procs = []
+        for i, emu in enumerate(emulators):
+            emu.configure(write_delay_ms=300)
+            config = mirror_config(
+                {
+                    **base_config,
+                    "api_url": emu.api_url,
+                    "token_cache_path": str(tmp_path / f"t{i}"),
+                },
+                identifiers_per_request=5,
+                max_concurrent_writes=1,
+            )
+            proc = start_cli(_write_config(tmp_path, config))
+            assert proc.stdin is not None
+            proc.stdin.write(_lines(rows(emails(range(i * 100, i * 100 + 20)))))
+            proc.stdin.close()
+            proc.stdin = None
+            procs.append(proc)
+        for proc in procs:
+            _, stderr = proc.communicate(timeout=120)
+            assert proc.returncode == 0, stderr
+        for i, emu in enumerate(emulators):
+            assert set(the_list(emu)["members"]) == hashed(emails(range(i * 100, i * 100 + 20)))
+    finally:
+        for emu in emulators:
+            emu.stop()
