@@ -291,6 +291,11 @@ class MirrorSync:
         report.members_in_source = plan.members_in_source
         report.unchanged = plan.unchanged
         reason = self._cap_reason(plan, at_open)
+        if writer.list_id is None and not plan.adds and plan.removals:
+            # No list exists and no member creates one (a new segment whose records all say
+            # `remove`): nothing to remove from; counted as in events mode.
+            report.removes_without_list += plan.removals
+            return
         if self.dry_run:
             report.identifiers_added = plan.adds
             report.identifiers_removed = 0 if reason else plan.removals
