@@ -11,7 +11,10 @@ from conftest import lists_named, record
 from test_mirror import (
     SEGMENT,
     emails,
+    hashed,
     mirror_config,
+    rows,
+    the_list,
     write_log,
 )
 
@@ -32,3 +35,40 @@ def test_a_new_segment_whose_records_all_say_remove_writes_nothing(
     assert lists_named(emulator, SEGMENT) == []
     assert run.final["removes_without_list"] == 3
     assert run.final["identifiers_removed"] == 0
+
+
+def test_skipped_records_before_the_first_valid_record_count_as_seen(
+    emulator, base_config, run_target
+):
+    """A skipped record's identifiers are kept even when it arrives before the run knows
+    its list (here: one identifier per request, so the skipped record is a batch alone)."""
+    config = mirror_config(base_config, on_invalid_record="skip", identifiers_per_request=1)
+    members = emails(range(10))
+    assert run_target(config, rows(members)).returncode == 0
+    messages = [
+        # members[0]'s row is now broken elsewhere: it stays a member.
+        record(id=1, segment_name=SEGMENT, email=members[0], action="maybe"),
+        *[record(id=2 + i, segment_name=SEGMENT, email=a) for i, a in enumerate(members[1:])],
+    ]
+    run = run_target(config, messages)
+    assert run.returncode == 0, run.stderr
+    assert set(the_list(emulator)["members"]) == hashed(members)
+    assert run.final["identifiers_removed"] == 0
+    assert run.final["records_skipped"] == {"unknown_action": 1}
+
+
+def test_a_source_of_only_skipped_records_removes_none_of_them_even_when_allowed(
+    emulator, base_config, run_target
+):
+    config = mirror_config(base_config, on_invalid_record="skip")
+    members = emails(range(10))
+    assert run_target(config, rows(members)).returncode == 0
+    messages = [
+        record(id=i, segment_name=SEGMENT, email=a, action="maybe")
+        for i, a in enumerate(members[:4])
+    ]
+    run = run_target({**config, "allow_large_removal": True}, messages)
+    assert run.returncode == 0, run.stderr
+    # The six members no record names leave; the four named by skipped records stay.
+    assert set(the_list(emulator)["members"]) == hashed(members[:4])
+    assert run.final["identifiers_removed"] == 6
