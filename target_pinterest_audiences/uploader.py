@@ -299,6 +299,8 @@ class Uploader:
         self._kinds |= batch.kinds
         if batch.ops and not self.resolver.resolved:
             assert batch.segment_name is not None
+            if not batch.segment_id and not self.resolver.audience_rule_list:
+                self._lock_segment_name(batch.segment_name)
             self.resolver.resolve(
                 batch.segment_name, batch.segment_id, on_list=self._attach_existing
             )
@@ -312,6 +314,13 @@ class Uploader:
             return
         self.writer.buffer(batch.ops)
         self.writer.flush(full_only=True)
+
+    def _lock_segment_name(self, name: str) -> None:
+        """The list is found, or created, by its name: two runs doing that at once (into
+        two audiences) would each create a list of that name; the second stops instead."""
+        if self.store is None or self.client is None or self.dry_run:
+            return
+        self.store.lock(f"segment-{name}", f"the Customer List named {name!r}")
 
     def _attach(self, list_id: str, *, created: bool = False) -> None:
         """From now on the writer writes to this list, and its snapshot follows."""

@@ -7,9 +7,14 @@ one audience, and the snapshot confirms nothing Pinterest does not hold.
 
 from __future__ import annotations
 
-from conftest import lists_named, record
+import threading
+from typing import Any
+
+from conftest import lists_named, record, start_cli
 from test_mirror import (
     SEGMENT,
+    _lines,
+    _write_config,
     emails,
     hashed,
     mirror_config,
@@ -72,3 +77,34 @@ def test_a_source_of_only_skipped_records_removes_none_of_them_even_when_allowed
     # The six members no record names leave; the four named by skipped records stay.
     assert set(the_list(emulator)["members"]) == hashed(members[:4])
     assert run.final["identifiers_removed"] == 6
+
+
+def test_two_runs_creating_one_segment_into_two_audiences_make_one_list(
+    emulator, base_config, run_target, tmp_path
+):
+    """Both runs look the list up by name, find none and would each create one."""
+    emulator.configure(write_delay_ms=300)
+    source = rows(emails(range(30)))
+    results: dict[str, Any] = {}
+
+    def go(audience: str) -> None:
+        config = mirror_config(base_config, audience_name=audience)
+        path = _write_config(tmp_path, config)
+        proc = start_cli(path)
+        _, err = proc.communicate(_lines(source), timeout=120)
+        results[audience] = (proc.returncode, err)
+
+    threads = [threading.Thread(target=go, args=(name,)) for name in ("Audience A", "Audience B")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    emulator.configure(write_delay_ms=0)
+    assert len(lists_named(emulator, SEGMENT)) == 1
+    codes = sorted(code for code, _ in results.values())
+    assert codes[0] == 0
+    for code, err in results.values():
+        assert "Traceback" not in err
+        if code:
+            assert "another run is syncing" in err.strip().splitlines()[-1]
+    assert set(the_list(emulator)["members"]) == hashed(emails(range(30)))
