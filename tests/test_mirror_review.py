@@ -7,7 +7,9 @@ one audience, and the snapshot confirms nothing Pinterest does not hold.
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from typing import Any
 
 from conftest import lists_named, record, start_cli
@@ -108,3 +110,74 @@ def test_two_runs_creating_one_segment_into_two_audiences_make_one_list(
         if code:
             assert "another run is syncing" in err.strip().splitlines()[-1]
     assert set(the_list(emulator)["members"]) == hashed(emails(range(30)))
+
+
+def test_sigkill_during_list_creation_then_a_smaller_source_ends_exact(
+    emulator, base_config, run_target, tmp_path
+):
+    """The records a list is created with are written like any other: a kill while the
+    create is unanswered must not leave them unknown to the snapshot for ever."""
+    config = mirror_config(base_config, identifiers_per_request=20)
+    source = emails(range(100))
+    emulator.configure(write_delay_ms=1500)
+    proc = start_cli(_write_config(tmp_path, config))
+    assert proc.stdin is not None
+    proc.stdin.write(_lines(rows(source)))
+    proc.stdin.close()
+    deadline = time.monotonic() + 60
+    while not any(r["method"] == "POST" for r in write_log(emulator)):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    time.sleep(0.3)
+    proc.kill()
+    proc.wait(timeout=30)
+    while any(r.get("status") is None for r in write_log(emulator)):
+        time.sleep(0.05)  # the create lands after the kill
+    emulator.configure(write_delay_ms=0)
+    assert len(the_list(emulator)["members"]) == 20  # the create's records
+
+    # The next run's source: the first 20 (those the list was created with) have left.
+    run = run_target(config, rows(source[20:]))
+    assert run.returncode == 0, run.stderr
+    assert set(the_list(emulator)["members"]) == hashed(source[20:])
+
+
+def test_dry_run_after_a_killed_run_reports_the_difference_the_real_run_makes(
+    emulator, base_config, run_target, tmp_path
+):
+    """Writes in doubt after a kill (journaled, unanswered) are part of the difference: the
+    dry run must report what the real run then does."""
+    config = mirror_config(base_config, identifiers_per_request=50, max_concurrent_writes=1)
+    source = rows(emails(range(100)))
+    assert run_target(config, source).returncode == 0
+    bigger = source + [
+        record(id=200 + i, segment_name=SEGMENT, email=a)
+        for i, a in enumerate(emails(range(500, 520)))
+    ]
+    emulator.configure(write_delay_ms=1500)
+    before = len(write_log(emulator))
+    proc = start_cli(_write_config(tmp_path, config))
+    assert proc.stdin is not None
+    proc.stdin.write(_lines(bigger))
+    proc.stdin.close()
+    deadline = time.monotonic() + 60
+    while not any(r["method"] == "PATCH" for r in write_log(emulator)[before:]):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    time.sleep(0.2)
+    proc.kill()
+    proc.wait(timeout=30)
+    while any(r.get("status") is None for r in write_log(emulator)):
+        time.sleep(0.05)
+    emulator.configure(write_delay_ms=0)
+
+    dry = run_target({**config, "dry_run": True}, source)
+    assert dry.returncode == 0, dry.stderr
+    (line,) = [x for x in dry.stderr.splitlines() if "Dry run report:" in x]
+    report = json.loads(line.split("Dry run report:", 1)[1])
+    real = run_target(config, source)
+    assert real.returncode == 0, real.stderr
+    assert set(the_list(emulator)["members"]) == hashed(emails(range(100)))
+    assert real.final["identifiers_removed"] == 20
+    for key in ("identifiers_added", "identifiers_removed", "unchanged"):
+        assert report[key] == real.final[key], key
