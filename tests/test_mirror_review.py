@@ -8,10 +8,14 @@ one audience, and the snapshot confirms nothing Pinterest does not hold.
 from __future__ import annotations
 
 import json
+import logging
+import signal
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from conftest import lists_named, record, start_cli
 from test_mirror import (
     SEGMENT,
@@ -24,6 +28,8 @@ from test_mirror import (
     the_list,
     write_log,
 )
+
+from target_pinterest_audiences.target import TargetPinterestAudiences, Terminated
 
 
 def test_a_new_segment_whose_records_all_say_remove_writes_nothing(
@@ -181,3 +187,79 @@ def test_dry_run_after_a_killed_run_reports_the_difference_the_real_run_makes(
     assert real.final["identifiers_removed"] == 20
     for key in ("identifiers_added", "identifiers_removed", "unchanged"):
         assert report[key] == real.final[key], key
+
+
+def test_sigterm_in_the_removal_phase_waits_for_the_request_in_flight(
+    emulator, base_config, run_target, tmp_path
+):
+    """The signal interrupts the main thread while it waits for the end-of-input writes; the
+    stop must still wait for the request in flight (here its connection drops, so it logs a
+    retry) before the last STATE and the last log line, which names the signal."""
+    config = mirror_config(base_config, max_concurrent_writes=2)
+    assert run_target(config, rows(emails(range(30)))).returncode == 0
+    emulator.configure(write_delay_ms=800)
+    emulator.add_fault("drop_after", methods=["PATCH"], count=1)
+    before = len(write_log(emulator))
+    proc = start_cli(_write_config(tmp_path, config))
+    assert proc.stdin is not None
+    proc.stdin.write(_lines(rows(emails(range(25)))))  # 5 leave: under the cap
+    proc.stdin.close()
+    proc.stdin = None  # (so that communicate() does not flush it)
+    deadline = time.monotonic() + 60
+    while not any(r.get("operation_type") == "REMOVE" for r in write_log(emulator)[before:]):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr
+    assert "Run stopped by signal 15" in stderr.strip().splitlines()[-1]
+    emulator.configure(write_delay_ms=0)
+    again = run_target(config, rows(emails(range(25))))
+    assert again.returncode == 0, again.stderr
+    assert set(the_list(emulator)["members"]) == hashed(emails(range(25)))
+
+
+def test_sigterm_in_the_removal_phase_reports_the_request_it_let_finish(
+    emulator, base_config, run_target, tmp_path
+):
+    """One request at a time, sent by the writer thread itself: the stop waits for it, so
+    the last STATE counts what Pinterest confirmed."""
+    config = mirror_config(base_config, max_concurrent_writes=1)
+    assert run_target(config, rows(emails(range(30)))).returncode == 0
+    emulator.configure(write_delay_ms=800)
+    before = len(write_log(emulator))
+    proc = start_cli(_write_config(tmp_path, config))
+    assert proc.stdin is not None
+    proc.stdin.write(_lines(rows(emails(range(25)))))
+    proc.stdin.close()
+    proc.stdin = None
+    deadline = time.monotonic() + 60
+    while not any(r.get("operation_type") == "REMOVE" for r in write_log(emulator)[before:]):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    while any(r.get("status") is None for r in write_log(emulator)):
+        time.sleep(0.05)
+    removed = sum(
+        r["n_records"]
+        for r in write_log(emulator)[before:]
+        if r.get("operation_type") == "REMOVE" and r.get("status") == 200
+    )
+    assert removed == 5
+    final = json.loads(stdout.strip().splitlines()[-1])["pinterest_audience"]
+    assert final["identifiers_removed"] == removed
+
+
+def test_a_signal_after_the_run_finished_does_not_break_its_exit():
+    """Once the run finished (its STATE written), a SIGTERM, e.g. from an orchestrator
+    stopping a job that is just exiting, must not raise into whatever runs then (an atexit
+    hook printed a traceback) nor turn a finished run into a stopped one."""
+    logger = logging.getLogger("test")
+    done = SimpleNamespace(failed=False, finished=True, _terminating=False, logger=logger)
+    TargetPinterestAudiences._handle_termination(done, signal.SIGTERM, None)  # type: ignore[arg-type]
+    running = SimpleNamespace(failed=False, finished=False, _terminating=False, logger=logger)
+    with pytest.raises(Terminated):
+        TargetPinterestAudiences._handle_termination(running, signal.SIGTERM, None)  # type: ignore[arg-type]
