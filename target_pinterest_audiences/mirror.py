@@ -32,6 +32,8 @@ from target_pinterest_audiences.writer import Writer
 
 #: What the source wants for an identifier.
 WANT_ABSENT, WANT_MEMBER, WANT_KEEP = 0, 1, 2
+#: A list type whose keys are stored as text: any identifier, before the list's kind is known.
+TEXT_KEY_TYPE = "LR_ID"
 #: Meltano's environment variable for allow_large_removal, named in the cap's message.
 ALLOW_ENV = "TARGET_PINTEREST_AUDIENCES_ALLOW_LARGE_REMOVAL"
 
@@ -221,6 +223,10 @@ class MirrorSync:
         self.allow_large_removal = allow_large_removal
         self.dry_run = dry_run
         self.runset: RunSet | None = None
+        #: Identifiers of skipped records that came before the run's list was known (no
+        #: snapshot open yet), kept aside on disk as text: once the list's snapshot is
+        #: open they protect its members like any other skipped record's.
+        self._early_keeps: RunSet | None = None
         #: Whether members are added while reading: the list had no confirmed member at the
         #: first batch (decided then, once).
         self.streaming: bool | None = None
@@ -246,6 +252,12 @@ class MirrorSync:
                 return None
             self.runset = RunSet(codec)
             self.streaming = snapshot is None or snapshot.members_at_open == 0
+            if self._early_keeps is not None:
+                early, self._early_keeps = self._early_keeps, None
+                for chunk in early.planned("seen", LOOKUP_CHUNK):
+                    keeps = [codec.encode(key) for key in chunk if codec.accepts(key)]
+                    self.runset.put((), keeps)
+                early.close()
         return self.runset
 
     def kind_changed(self) -> None:
@@ -261,8 +273,13 @@ class MirrorSync:
         writer = self.writer
         runset = self._runset()
         if runset is None:
-            # Only skipped records so far, and no snapshot: they protect no member.
+            # Only skipped records so far, and the list is not known yet: their identifiers
+            # wait until it is (they protect its confirmed members, if it has any).
             assert not ops, "the run's list type is set before its first identifiers"
+            if keeps:
+                if self._early_keeps is None:
+                    self._early_keeps = RunSet(KeyCodec(TEXT_KEY_TYPE))
+                self._early_keeps.put((), [key.encode() for key in keeps])
             return
         if keeps and not runset.codec.text:
             # A skipped record's external id cannot be a member of a list of digests.
@@ -302,6 +319,11 @@ class MirrorSync:
         report.members_in_source = plan.members_in_source
         report.unchanged = plan.unchanged
         reason = self._cap_reason(plan, at_open)
+        if writer.list_id is None and not plan.adds and plan.removals:
+            # No list exists and no member creates one (a new segment whose records all say
+            # `remove`): nothing to remove from; counted as in events mode.
+            report.removes_without_list += plan.removals
+            return
         if self.dry_run:
             report.identifiers_added = plan.adds
             report.identifiers_removed = 0 if reason else plan.removals
@@ -368,3 +390,5 @@ class MirrorSync:
     def close(self) -> None:
         if self.runset is not None:
             self.runset.close()
+        if self._early_keeps is not None:
+            self._early_keeps.close()

@@ -737,6 +737,12 @@ class TargetPinterestAudiences(Target):
             # A stop is under way: it checkpoints and ends the log with its cause.
             self.logger.warning("Received signal %d while stopping: that stop goes on", signum)
             return
+        if getattr(self, "finished", False):
+            # The run is over and its STATE written; raising now would only break the
+            # process's exit (a traceback from an atexit hook) without stopping anything.
+            with contextlib.suppress(Exception):
+                self.logger.warning("Received signal %d after the run finished", signum)
+            return
         self._terminating = True
         raise Terminated(signum)
 

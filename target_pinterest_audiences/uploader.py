@@ -138,6 +138,10 @@ class Uploader:
         self._kind_checked = False
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_depth)
         self._thread: threading.Thread | None = None
+        #: Set once the writer thread has ended. Waited on instead of join(): in CPython
+        #: before 3.13 a join interrupted by a signal (SIGTERM raises in the main thread)
+        #: marks the still-running thread as stopped, and every later join returns at once.
+        self._ended = threading.Event()
         self.error: BaseException | None = None
         self.stopping = threading.Event()
         self._last_checkpoint = time.monotonic()
@@ -221,9 +225,9 @@ class Uploader:
                     self._queue.put(stop, timeout=0.5)
                     break
                 except queue.Full:
-                    if self.error is not None or not self._thread.is_alive():
+                    if self.error is not None or self._ended.is_set():
                         break
-        self._thread.join()
+        self._ended.wait()
         self.progress.stop()
 
     def abort(self) -> None:
@@ -232,7 +236,11 @@ class Uploader:
         if self.client:
             self.client.stop_event.set()
         if self._thread is not None:
-            self._thread.join()
+            self._ended.wait()
+        # The thread may have stopped on one request's error or interruption while others
+        # still run in the pool: they finish (or stop at their next retry) before the run
+        # writes its last STATE and log line.
+        self.writer.wait_stopped()
         self.progress.stop()
 
     def close(self) -> None:
@@ -253,6 +261,7 @@ class Uploader:
             self.error = exc
         finally:
             self.writer.close()
+            self._ended.set()
 
     def _loop(self) -> None:
         writer, checkpoints = self.writer, self.checkpoints
@@ -299,6 +308,8 @@ class Uploader:
         self._kinds |= batch.kinds
         if batch.ops and not self.resolver.resolved:
             assert batch.segment_name is not None
+            if not batch.segment_id and not self.resolver.audience_rule_list:
+                self._lock_segment_name(batch.segment_name)
             self.resolver.resolve(
                 batch.segment_name, batch.segment_id, on_list=self._attach_existing
             )
@@ -312,6 +323,13 @@ class Uploader:
             return
         self.writer.buffer(batch.ops)
         self.writer.flush(full_only=True)
+
+    def _lock_segment_name(self, name: str) -> None:
+        """The list is found, or created, by its name: two runs doing that at once (into
+        two audiences) would each create a list of that name; the second stops instead."""
+        if self.store is None or self.client is None or self.dry_run:
+            return
+        self.store.lock(f"segment-{name}", f"the Customer List named {name!r}")
 
     def _attach(self, list_id: str, *, created: bool = False) -> None:
         """From now on the writer writes to this list, and its snapshot follows."""

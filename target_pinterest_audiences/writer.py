@@ -174,6 +174,10 @@ class Writer:
         for _, future in done:
             future.result()
 
+    def wait_stopped(self) -> None:
+        """Wait for the requests still running, whatever their outcome (a stopping run)."""
+        wait([f for _, f in self.in_flight])
+
     def wait_in_flight(self) -> None:
         wait([f for _, f in self.in_flight])
         self._reap()
