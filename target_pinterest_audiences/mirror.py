@@ -254,7 +254,7 @@ class MirrorSync:
             self.streaming = snapshot is None or snapshot.members_at_open == 0
             if self._early_keeps is not None:
                 early, self._early_keeps = self._early_keeps, None
-                for chunk in early.planned("seen", LOOKUP_CHUNK):
+                for chunk in early.planned("seen", PAGE_SIZE):
                     keeps = [codec.encode(key) for key in chunk if codec.accepts(key)]
                     self.runset.put((), keeps)
                 early.close()

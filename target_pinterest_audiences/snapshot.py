@@ -47,8 +47,6 @@ except ImportError:  # pragma: no cover - Windows
 
 #: List types whose identifiers are sent as given (not hex digests): kept as UTF-8 text.
 TEXT_KEY_LIST_TYPES = frozenset({"LR_ID", "DLX_ID"})
-#: Keys per statement when looking identifiers up (SQLite's limit is 32,766 variables).
-LOOKUP_CHUNK = 1000
 #: Members per page when the snapshot is read in key order.
 PAGE_SIZE = 5000
 
