@@ -82,6 +82,8 @@ class Resolver:
         self.list_created_time: Any = None
         #: created_time of the last item this run created (None when its answer was lost).
         self.created_time: Any = None
+        #: Whether the list was adopted by its name (not named by segment_id or audience_id).
+        self.found_by_name = False
         #: Whether the records' segment was resolved (done before the first write).
         self.resolved = False
         #: The list named by the rule of the audience_id setting's Audience.
@@ -183,6 +185,7 @@ class Resolver:
             if found:
                 self.list_id = found[0]
                 self.list_created_time = created_times.get(found[0])
+                self.found_by_name = True
                 self.logger.info(
                     "Adopting existing Customer List %s named %r", self.list_id, segment_name
                 )

@@ -31,6 +31,7 @@ import hashlib
 import logging
 import os
 import re
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -54,6 +55,8 @@ _LISTS = "pinterest_audience_snapshot_lists"
 _MEMBERS = "pinterest_audience_snapshot_members"
 _JOURNAL = "pinterest_audience_snapshot_journal"
 _LOG = "pinterest_audience_snapshot_log"
+#: PostgreSQL: lists being created (SQLite stores keep a file per create instead).
+_CREATES = "pinterest_audience_snapshot_creates"
 #: States in the log: confirmed member, confirmed gone, in doubt (may or may not be in).
 MEMBER, GONE, IN_DOUBT = 1, 0, 2
 
@@ -80,6 +83,8 @@ _POSTGRES_DDL = (
     "NULL, op TEXT NOT NULL, records TEXT NOT NULL)",
     f"CREATE TABLE IF NOT EXISTS {_LOG} (seq BIGSERIAL PRIMARY KEY, list_key BIGINT NOT NULL, "
     "h BYTEA NOT NULL, state SMALLINT NOT NULL)",
+    f"CREATE TABLE IF NOT EXISTS {_CREATES} (ad_account_id TEXT NOT NULL, name TEXT NOT NULL, "
+    "records TEXT NOT NULL, PRIMARY KEY (ad_account_id, name))",
 )
 
 
@@ -206,6 +211,83 @@ class SnapshotStore:
                 "database"
             ) from None
 
+    # ---- lists being created ----------------------------------------------------------
+
+    def begin_create(self, name: str, records: Sequence[str]) -> None:
+        """Before a list is created with `records`: remember them, durably, by the list's
+        name (it has no id yet). If the answer is lost (a kill), the run that adopts the
+        list by name finds them here and takes them as in doubt, not as unknown."""
+        text = ",".join(records)
+        if self.url:
+            conn = self._pg_connect()
+            try:
+                if not self._pg_ready:
+                    self._pg_ensure_tables(conn)
+                conn.cursor().execute(
+                    f"INSERT INTO {_CREATES} (ad_account_id, name, records) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (ad_account_id, name) DO UPDATE SET records = excluded.records",
+                    (self.ad_account_id, name, text),
+                )
+                conn.commit()
+            finally:
+                conn.close()
+            return
+        self._make_directory()
+        path = self._create_path(name)
+        fd, tmp = tempfile.mkstemp(prefix=".creating-", dir=self.directory)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def pending_create(self, name: str) -> list[str]:
+        """The records of a create of this name whose outcome was never recorded."""
+        if self.url:
+            conn = self._pg_connect()
+            try:
+                if not self._pg_ready:
+                    self._pg_ensure_tables(conn)
+                cursor = conn.cursor()
+                cursor.execute(
+                    f"SELECT records FROM {_CREATES} WHERE ad_account_id = %s AND name = %s",
+                    (self.ad_account_id, name),
+                )
+                row = cursor.fetchone()
+                conn.rollback()
+            finally:
+                conn.close()
+            text = row[0] if row else ""
+        else:
+            try:
+                text = self._create_path(name).read_text(encoding="utf-8")
+            except FileNotFoundError:
+                text = ""
+        return [h for h in text.split(",") if h]
+
+    def end_create(self, name: str) -> None:
+        """The create's records are now known to the list's snapshot."""
+        if self.url:
+            conn = self._pg_connect()
+            try:
+                conn.cursor().execute(
+                    f"DELETE FROM {_CREATES} WHERE ad_account_id = %s AND name = %s",
+                    (self.ad_account_id, name),
+                )
+                conn.commit()
+            finally:
+                conn.close()
+            return
+        self._create_path(name).unlink(missing_ok=True)
+
+    def _create_path(self, name: str) -> Path:
+        return self.directory / f"creating-{self._file_stem(name)}.txt"
+
     # ---- snapshots -------------------------------------------------------------------
 
     def open(
@@ -216,6 +298,7 @@ class SnapshotStore:
         readonly: bool = False,
         new_list: bool = False,
         list_created_time: Any = None,
+        recover: bool = False,
     ) -> Snapshot | None:
         """The snapshot of one list, created when missing (None if missing and readonly).
 
@@ -247,6 +330,7 @@ class SnapshotStore:
             logger=self.logger,
             new_list=new_list,
             list_created_time=None if list_created_time is None else str(list_created_time),
+            recover=recover or not readonly,
         )
 
     def close(self) -> None:
@@ -352,6 +436,7 @@ class Snapshot:
         logger: logging.Logger,
         new_list: bool = False,
         list_created_time: str | None = None,
+        recover: bool = True,
     ) -> None:
         self._conn = conn
         self._sqlite = paramstyle == "qmark"
@@ -407,7 +492,9 @@ class Snapshot:
             #: The list type the list was created with, when this store knows it.
             self.list_type: str | None = (row[1] if row else None) or list_type
             self._codec = KeyCodec(self.list_type)
-            self.in_doubt_recovered = 0 if readonly else self._recover()
+            # Writes left unanswered by a run that died are in doubt: a dry run must see
+            # them too (it reports the difference the real run would make).
+            self.in_doubt_recovered = self._recover() if recover and self._key >= 0 else 0
             self._compact()
             #: Confirmed members when this run opened the snapshot (before its writes).
             self.members_at_open = self._count()
@@ -533,6 +620,14 @@ class Snapshot:
             self._append(doubtful, IN_DOUBT)
             if entry is not None:
                 self._exec(f"DELETE FROM {_JOURNAL} WHERE entry = ?", (entry,))
+            self._conn.commit()
+
+    def mark_in_doubt(self, hashes: Sequence[str]) -> None:
+        """These may or may not be members (a write of them went unanswered)."""
+        if not hashes or self._key < 0:
+            return
+        with self._lock:
+            self._append(hashes, IN_DOUBT)
             self._conn.commit()
 
     def count(self) -> int:

@@ -340,7 +340,10 @@ class Uploader:
             return
         if self.client is None or self.dry_run:
             self.writer.snapshot = self.store.open(
-                list_id, readonly=True, list_created_time=self.resolver.list_created_time
+                list_id,
+                readonly=True,
+                list_created_time=self.resolver.list_created_time,
+                recover=True,  # a dry run reports the difference the real run would make
             )
         else:
             self.store.lock(f"list-{list_id}", f"Customer List {list_id}")
@@ -352,9 +355,26 @@ class Uploader:
                 list_created_time=self.resolver.list_created_time,
             )
         snapshot = self.writer.snapshot
+        made_here = False
+        name = self.report.segment_name
+        if snapshot is not None and not created and self.resolver.found_by_name and name:
+            # A run of ours that died while creating this list: what it was created with
+            # may or may not be in it.
+            pending = self.store.pending_create(name)
+            if pending and not snapshot.readonly:
+                snapshot.mark_in_doubt(pending)
+                self.store.end_create(name)
+                made_here = True
+                self.logger.warning(
+                    "Customer List %s was created by a run that stopped before its answer: "
+                    "the %d identifiers it was created with are in doubt and are sent again "
+                    "or removed, as the source says",
+                    list_id,
+                    len(pending),
+                )
         if self.mirror is not None:
             self.report.snapshot = "existing" if snapshot and snapshot.existed else "new"
-            if not created and (snapshot is None or not snapshot.existed):
+            if not created and not made_here and (snapshot is None or not snapshot.existed):
                 self.logger.warning(
                     "Customer List %s has no snapshot in %s yet: this mirror run adds every "
                     "member and removes nothing; members added earlier outside this snapshot "
@@ -423,11 +443,19 @@ class Uploader:
             )
 
     def _create_list(self, chunk: list[str]) -> int:
+        name = self.report.segment_name
+        journaled = self.store is not None and name and not self.dry_run and self.client
+        if journaled:
+            assert self.store is not None and name is not None
+            self.store.begin_create(name, chunk)  # a lost answer leaves them in doubt
         carried = self.resolver.create_list(chunk, self._kinds, self.writer.per_request)
         assert self.resolver.list_id is not None
         self._attach(self.resolver.list_id, created=True)
         if self.writer.snapshot is not None and not self.dry_run:
             self.writer.snapshot.confirm(None, "ADD", chunk[:carried], [])
+        if journaled:
+            assert self.store is not None and name is not None
+            self.store.end_create(name)
         if self.writer.on_confirmed is not None and not self.dry_run:
             self.writer.on_confirmed("ADD", chunk[:carried])
         return carried

@@ -650,3 +650,36 @@ def test_runs_against_two_emulators_at_once_share_nothing(base_config, tmp_path)
     finally:
         for emu in emulators:
             emu.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_store_remembers_a_create_until_it_is_recorded(backend, tmp_path, request):
+    """begin_create / pending_create / end_create, for both stores (a kill between the
+    first two leaves the records for the run that adopts the list by name)."""
+    import logging
+
+    from target_pinterest_audiences.snapshot import SnapshotStore
+
+    url = request.getfixturevalue("snapshot_database")[0] if backend == "postgres" else None
+    store = SnapshotStore(
+        ad_account_id="549755885175",
+        logger=logging.getLogger("test"),
+        directory=tmp_path / "snapshots",
+        url=url,
+        api_url="http://127.0.0.1:1/v5",
+    )
+    assert store.pending_create("VIP") == []
+    store.begin_create("VIP", ["a" * 64, "b" * 64])
+    again = SnapshotStore(
+        ad_account_id="549755885175",
+        logger=logging.getLogger("test"),
+        directory=tmp_path / "snapshots",
+        url=url,
+        api_url="http://127.0.0.1:1/v5",
+    )
+    assert again.pending_create("VIP") == ["a" * 64, "b" * 64]
+    assert again.pending_create("Other") == []
+    again.end_create("VIP")
+    assert store.pending_create("VIP") == []
+    if backend == "sqlite":
+        assert not list((tmp_path / "snapshots").glob("creating-*"))
