@@ -166,8 +166,13 @@ class Writer:
         self.in_flight.append((operation, future))
 
     def _reap(self) -> None:
-        done = [(op, f) for op, f in self.in_flight if f.done()]
-        self.in_flight = [(op, f) for op, f in self.in_flight if not f.done()]
+        # One look at each request: one that answers between two looks would be in
+        # neither list, and its error lost.
+        done: list[tuple[str, Future[None]]] = []
+        running: list[tuple[str, Future[None]]] = []
+        for op, future in self.in_flight:
+            (done if future.done() else running).append((op, future))
+        self.in_flight = running
         for _, future in done:
             future.result()
 

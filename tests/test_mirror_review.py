@@ -29,7 +29,10 @@ from test_mirror import (
     write_log,
 )
 
+from target_pinterest_audiences.client import TargetError
+from target_pinterest_audiences.report import Report
 from target_pinterest_audiences.target import TargetPinterestAudiences, Terminated
+from target_pinterest_audiences.writer import Writer
 
 
 def test_a_new_segment_whose_records_all_say_remove_writes_nothing(
@@ -263,3 +266,36 @@ def test_a_signal_after_the_run_finished_does_not_break_its_exit():
     running = SimpleNamespace(failed=False, finished=False, _terminating=False, logger=logger)
     with pytest.raises(Terminated):
         TargetPinterestAudiences._handle_termination(running, signal.SIGTERM, None)  # type: ignore[arg-type]
+
+
+class _AnswersWhileLookedAt:
+    """A request that answers (with an error) between the writer's first and second look."""
+
+    def __init__(self) -> None:
+        self.looks = 0
+
+    def done(self) -> bool:
+        self.looks += 1
+        return self.looks > 1
+
+    def result(self) -> None:
+        raise TargetError("Pinterest refused PATCH: HTTP 400")
+
+
+def test_a_request_that_fails_while_the_writer_reaps_is_not_lost():
+    """Its error must stop the run (else the run ends 0 with a write that never happened)."""
+    writer = Writer(
+        client=None,
+        ad_account_id="1",
+        identifiers_per_request=1,
+        concurrent_writes=1,
+        dry_run=False,
+        report=Report(ad_account_id="1", audience_name="a", dry_run=False),
+        logger=logging.getLogger("test"),
+        create_list=lambda chunk: len(chunk),
+    )
+    request = _AnswersWhileLookedAt()
+    writer.in_flight = [("REMOVE", request)]  # type: ignore[list-item]
+    with pytest.raises(TargetError):
+        writer._reap()
+        writer._reap()
