@@ -31,6 +31,7 @@ import hashlib
 import logging
 import os
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -201,10 +202,23 @@ class SnapshotStore:
             if readonly and not path.exists():
                 return None
             self._make_directory()
-            conn, paramstyle = _sqlite_connect(path), "qmark"
-            for statement in _SQLITE_DDL:
-                conn.execute(statement)
-            conn.commit()
+            conn = _sqlite_connect(path)
+            try:
+                for statement in _SQLITE_DDL:
+                    conn.execute(statement)
+                conn.commit()
+                # Opening reads every member (recovery, merge, count): a damaged file
+                # shows here, and is named.
+                return self._snapshot(conn, "qmark", list_id, list_type, readonly)
+            except sqlite3.DatabaseError as exc:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                raise SnapshotError(_unreadable(path, exc)) from None
+        return self._snapshot(conn, paramstyle, list_id, list_type, readonly)
+
+    def _snapshot(
+        self, conn: Any, paramstyle: str, list_id: str, list_type: str | None, readonly: bool
+    ) -> Snapshot:
         return Snapshot(
             conn,
             paramstyle=paramstyle,
@@ -279,9 +293,14 @@ class SnapshotStore:
         self._pg_ready = True
 
 
-def _sqlite_connect(path: Path) -> Any:
-    import sqlite3
+def _unreadable(path: Path, exc: Exception) -> str:
+    return (
+        f"the snapshot file {path} cannot be opened ({exc.__class__.__name__}: {exc}); "
+        "move it away to start a new snapshot (the next mirror run then removes nothing)"
+    )
 
+
+def _sqlite_connect(path: Path) -> Any:
     try:
         fresh = not path.exists()
         conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
@@ -294,10 +313,7 @@ def _sqlite_connect(path: Path) -> Any:
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
     except sqlite3.Error as exc:
-        raise SnapshotError(
-            f"the snapshot file {path} cannot be opened ({exc.__class__.__name__}: {exc}); "
-            "move it away to start a new snapshot (the next mirror run then removes nothing)"
-        ) from None
+        raise SnapshotError(_unreadable(path, exc)) from None
 
 
 class Snapshot:

@@ -299,3 +299,23 @@ def test_a_request_that_fails_while_the_writer_reaps_is_not_lost():
     with pytest.raises(TargetError):
         writer._reap()
         writer._reap()
+
+
+def test_a_damaged_snapshot_file_stops_the_run_naming_the_file(
+    emulator, base_config, run_target, isolated_state_home
+):
+    config = mirror_config(base_config)
+    source = rows(emails(range(3000)))
+    assert run_target(config, source).returncode == 0
+    (path,) = isolated_state_home.rglob("snapshot-*.sqlite")
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2 // 4096 * 4096
+    data[middle : middle + 4096] = b"\xff" * 4096  # one page of the members lost
+    path.write_bytes(bytes(data))
+    before = len(write_log(emulator))
+    run = run_target(config, source)
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert str(path) in last and "move it away" in last, last
+    assert "Traceback" not in run.stderr
+    assert write_log(emulator)[before:] == []
