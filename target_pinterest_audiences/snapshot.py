@@ -549,8 +549,10 @@ class Snapshot:
     def close(self) -> None:
         """Merge what this run confirmed into the members, and let go of the database."""
         with self._lock:
+            merged = False
             try:
                 self._compact()
+                merged = True
             except Exception as exc:  # the log is kept: the next run merges it
                 self.logger.warning(
                     "Could not merge the snapshot log of Customer List %s (%s); the next run will",
@@ -563,4 +565,9 @@ class Snapshot:
                     self._conn.executescript("PRAGMA incremental_vacuum;")
                     self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             with contextlib.suppress(Exception):
-                self._conn.close()
+                if not merged and hasattr(self._conn, "invalidate"):
+                    # A PostgreSQL connection may be stuck mid-query (a signal raised in
+                    # it): dropped as it is, for the pool's reset would fail with a traceback.
+                    self._conn.invalidate()
+                else:
+                    self._conn.close()

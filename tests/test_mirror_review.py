@@ -25,12 +25,14 @@ from test_mirror import (
     hashed,
     mirror_config,
     rows,
+    snapshot_database,  # noqa: F401 - a fixture (test_mirror.py), used by name
     the_list,
     write_log,
 )
 
 from target_pinterest_audiences.client import TargetError
 from target_pinterest_audiences.report import Report
+from target_pinterest_audiences.snapshot import SnapshotStore
 from target_pinterest_audiences.target import TargetPinterestAudiences, Terminated
 from target_pinterest_audiences.writer import Writer
 
@@ -319,3 +321,23 @@ def test_a_damaged_snapshot_file_stops_the_run_naming_the_file(
     assert str(path) in last and "move it away" in last, last
     assert "Traceback" not in run.stderr
     assert write_log(emulator)[before:] == []
+
+
+def test_closing_a_postgres_snapshot_whose_query_was_interrupted_logs_no_traceback(request, caplog):
+    """A signal raising in the main thread can leave a query of the snapshot's connection in
+    progress (here: sent, never read); closing it then must not log a pool traceback."""
+    url, _ = request.getfixturevalue("snapshot_database")
+    store = SnapshotStore(ad_account_id="1", logger=logging.getLogger("test"), url=url)
+    snapshot = store.open("42")
+    assert snapshot is not None
+    digest = "ab" * 32
+    snapshot.confirm(snapshot.journal("ADD", [digest]), "ADD", [digest], [])
+    snapshot._conn.dbapi_connection.pgconn.send_query(b"SELECT pg_sleep(0.2)")
+    with caplog.at_level(logging.INFO):
+        snapshot.close()
+    store.close()
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+    # The merge is done by the next run: nothing confirmed was lost.
+    again = SnapshotStore(ad_account_id="1", logger=logging.getLogger("test"), url=url).open("42")
+    assert again is not None and again.count() == 1
+    again.close()
