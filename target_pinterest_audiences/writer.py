@@ -177,8 +177,12 @@ class Writer:
             future.result()
 
     def wait_stopped(self) -> None:
-        """Wait for the requests still running, whatever their outcome (a stopping run)."""
-        wait([f for _, f in self.in_flight])
+        """Wait for the requests still running, whatever their outcome (a stopping run).
+
+        Only those not done: a request cancelled before it started (close() cancels the
+        queued ones) never counts as finished for wait(), which would block for ever.
+        """
+        wait([f for _, f in self.in_flight if not f.done()])
 
     def wait_in_flight(self) -> None:
         wait([f for _, f in self.in_flight])

@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 import time
+from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
 
@@ -341,3 +342,27 @@ def test_closing_a_postgres_snapshot_whose_query_was_interrupted_logs_no_traceba
     again = SnapshotStore(ad_account_id="1", logger=logging.getLogger("test"), url=url).open("42")
     assert again is not None and again.count() == 1
     again.close()
+
+
+def test_a_stopping_writer_does_not_wait_for_requests_cancelled_before_they_started():
+    """close() cancels the queued requests; waiting for them (as for running ones) hung a
+    run stopped by SIGTERM for ever."""
+    writer = Writer(
+        client=None,
+        ad_account_id="1",
+        identifiers_per_request=1,
+        concurrent_writes=1,
+        dry_run=False,
+        report=Report(ad_account_id="1", audience_name="a", dry_run=False),
+        logger=logging.getLogger("test"),
+        create_list=lambda chunk: len(chunk),
+    )
+    cancelled: Future[None] = Future()
+    cancelled.cancel()
+    finished: Future[None] = Future()
+    finished.set_result(None)
+    writer.in_flight = [("ADD", cancelled), ("ADD", finished)]
+    waiter = threading.Thread(target=writer.wait_stopped, daemon=True)
+    waiter.start()
+    waiter.join(timeout=5)
+    assert not waiter.is_alive()
