@@ -31,6 +31,7 @@ import hashlib
 import logging
 import os
 import re
+import sqlite3
 import tempfile
 import threading
 import time
@@ -306,6 +307,11 @@ class SnapshotStore:
         run has just created the list (`new_list`: it cannot have members yet), or when
         Pinterest's `created_time` of the list differs from the one recorded.
         """
+        extra: dict[str, Any] = {
+            "new_list": new_list,
+            "list_created_time": None if list_created_time is None else str(list_created_time),
+            "recover": recover or not readonly,
+        }
         if self.url:
             conn, paramstyle = self._pg_connect(), "pyformat"
             if not self._pg_ready:
@@ -316,10 +322,29 @@ class SnapshotStore:
             if readonly and not path.exists():
                 return None
             self._make_directory()
-            conn, paramstyle = _sqlite_connect(path), "qmark"
-            for statement in _SQLITE_DDL:
-                conn.execute(statement)
-            conn.commit()
+            conn = _sqlite_connect(path)
+            try:
+                for statement in _SQLITE_DDL:
+                    conn.execute(statement)
+                conn.commit()
+                # Opening reads every member (recovery, merge, count): a damaged file
+                # shows here, and is named.
+                return self._snapshot(conn, "qmark", list_id, list_type, readonly, extra)
+            except sqlite3.DatabaseError as exc:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                raise SnapshotError(_unreadable(path, exc)) from None
+        return self._snapshot(conn, paramstyle, list_id, list_type, readonly, extra)
+
+    def _snapshot(
+        self,
+        conn: Any,
+        paramstyle: str,
+        list_id: str,
+        list_type: str | None,
+        readonly: bool,
+        extra: dict[str, Any],
+    ) -> Snapshot:
         return Snapshot(
             conn,
             paramstyle=paramstyle,
@@ -328,9 +353,7 @@ class SnapshotStore:
             list_type=list_type,
             readonly=readonly,
             logger=self.logger,
-            new_list=new_list,
-            list_created_time=None if list_created_time is None else str(list_created_time),
-            recover=recover or not readonly,
+            **extra,
         )
 
     def close(self) -> None:
@@ -397,9 +420,14 @@ class SnapshotStore:
         self._pg_ready = True
 
 
-def _sqlite_connect(path: Path) -> Any:
-    import sqlite3
+def _unreadable(path: Path, exc: Exception) -> str:
+    return (
+        f"the snapshot file {path} cannot be opened ({exc.__class__.__name__}: {exc}); "
+        "move it away to start a new snapshot (the next mirror run then removes nothing)"
+    )
 
+
+def _sqlite_connect(path: Path) -> Any:
     try:
         fresh = not path.exists()
         conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
@@ -412,10 +440,7 @@ def _sqlite_connect(path: Path) -> Any:
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
     except sqlite3.Error as exc:
-        raise SnapshotError(
-            f"the snapshot file {path} cannot be opened ({exc.__class__.__name__}: {exc}); "
-            "move it away to start a new snapshot (the next mirror run then removes nothing)"
-        ) from None
+        raise SnapshotError(_unreadable(path, exc)) from None
 
 
 class Snapshot:
@@ -692,8 +717,10 @@ class Snapshot:
     def close(self) -> None:
         """Merge what this run confirmed into the members, and let go of the database."""
         with self._lock:
+            merged = False
             try:
                 self._compact()
+                merged = True
             except Exception as exc:  # the log is kept: the next run merges it
                 self.logger.warning(
                     "Could not merge the snapshot log of Customer List %s (%s); the next run will",
@@ -706,4 +733,9 @@ class Snapshot:
                     self._conn.executescript("PRAGMA incremental_vacuum;")
                     self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             with contextlib.suppress(Exception):
-                self._conn.close()
+                if not merged and hasattr(self._conn, "invalidate"):
+                    # A PostgreSQL connection may be stuck mid-query (a signal raised in
+                    # it): dropped as it is, for the pool's reset would fail with a traceback.
+                    self._conn.invalidate()
+                else:
+                    self._conn.close()

@@ -169,14 +169,23 @@ class Writer:
         self.in_flight.append((operation, future))
 
     def _reap(self) -> None:
-        done = [(op, f) for op, f in self.in_flight if f.done()]
-        self.in_flight = [(op, f) for op, f in self.in_flight if not f.done()]
+        # One look at each request: one that answers between two looks would be in
+        # neither list, and its error lost.
+        done: list[tuple[str, Future[None]]] = []
+        running: list[tuple[str, Future[None]]] = []
+        for op, future in self.in_flight:
+            (done if future.done() else running).append((op, future))
+        self.in_flight = running
         for _, future in done:
             future.result()
 
     def wait_stopped(self) -> None:
-        """Wait for the requests still running, whatever their outcome (a stopping run)."""
-        wait([f for _, f in self.in_flight])
+        """Wait for the requests still running, whatever their outcome (a stopping run).
+
+        Only those not done: a request cancelled before it started (close() cancels the
+        queued ones) never counts as finished for wait(), which would block for ever.
+        """
+        wait([f for _, f in self.in_flight if not f.done()])
 
     def wait_in_flight(self) -> None:
         wait([f for _, f in self.in_flight])

@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 import time
+from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,11 +26,16 @@ from test_mirror import (
     hashed,
     mirror_config,
     rows,
+    snapshot_database,  # noqa: F401 - a fixture (test_mirror.py), used by name
     the_list,
     write_log,
 )
 
+from target_pinterest_audiences.client import TargetError
+from target_pinterest_audiences.report import Report
+from target_pinterest_audiences.snapshot import SnapshotStore
 from target_pinterest_audiences.target import TargetPinterestAudiences, Terminated
+from target_pinterest_audiences.writer import Writer
 
 
 def test_a_new_segment_whose_records_all_say_remove_writes_nothing(
@@ -263,3 +269,100 @@ def test_a_signal_after_the_run_finished_does_not_break_its_exit():
     running = SimpleNamespace(failed=False, finished=False, _terminating=False, logger=logger)
     with pytest.raises(Terminated):
         TargetPinterestAudiences._handle_termination(running, signal.SIGTERM, None)  # type: ignore[arg-type]
+
+
+class _AnswersWhileLookedAt:
+    """A request that answers (with an error) between the writer's first and second look."""
+
+    def __init__(self) -> None:
+        self.looks = 0
+
+    def done(self) -> bool:
+        self.looks += 1
+        return self.looks > 1
+
+    def result(self) -> None:
+        raise TargetError("Pinterest refused PATCH: HTTP 400")
+
+
+def test_a_request_that_fails_while_the_writer_reaps_is_not_lost():
+    """Its error must stop the run (else the run ends 0 with a write that never happened)."""
+    writer = Writer(
+        client=None,
+        ad_account_id="1",
+        identifiers_per_request=1,
+        concurrent_writes=1,
+        dry_run=False,
+        report=Report(ad_account_id="1", audience_name="a", dry_run=False),
+        logger=logging.getLogger("test"),
+        create_list=lambda chunk: len(chunk),
+    )
+    request = _AnswersWhileLookedAt()
+    writer.in_flight = [("REMOVE", request)]  # type: ignore[list-item]
+    with pytest.raises(TargetError):
+        writer._reap()
+        writer._reap()
+
+
+def test_a_damaged_snapshot_file_stops_the_run_naming_the_file(
+    emulator, base_config, run_target, isolated_state_home
+):
+    config = mirror_config(base_config)
+    source = rows(emails(range(3000)))
+    assert run_target(config, source).returncode == 0
+    (path,) = isolated_state_home.rglob("snapshot-*.sqlite")
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2 // 4096 * 4096
+    data[middle : middle + 4096] = b"\xff" * 4096  # one page of the members lost
+    path.write_bytes(bytes(data))
+    before = len(write_log(emulator))
+    run = run_target(config, source)
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert str(path) in last and "move it away" in last, last
+    assert "Traceback" not in run.stderr
+    assert write_log(emulator)[before:] == []
+
+
+def test_closing_a_postgres_snapshot_whose_query_was_interrupted_logs_no_traceback(request, caplog):
+    """A signal raising in the main thread can leave a query of the snapshot's connection in
+    progress (here: sent, never read); closing it then must not log a pool traceback."""
+    url, _ = request.getfixturevalue("snapshot_database")
+    store = SnapshotStore(ad_account_id="1", logger=logging.getLogger("test"), url=url)
+    snapshot = store.open("42")
+    assert snapshot is not None
+    digest = "ab" * 32
+    snapshot.confirm(snapshot.journal("ADD", [digest]), "ADD", [digest], [])
+    snapshot._conn.dbapi_connection.pgconn.send_query(b"SELECT pg_sleep(0.2)")
+    with caplog.at_level(logging.INFO):
+        snapshot.close()
+    store.close()
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+    # The merge is done by the next run: nothing confirmed was lost.
+    again = SnapshotStore(ad_account_id="1", logger=logging.getLogger("test"), url=url).open("42")
+    assert again is not None and again.count() == 1
+    again.close()
+
+
+def test_a_stopping_writer_does_not_wait_for_requests_cancelled_before_they_started():
+    """close() cancels the queued requests; waiting for them (as for running ones) hung a
+    run stopped by SIGTERM for ever."""
+    writer = Writer(
+        client=None,
+        ad_account_id="1",
+        identifiers_per_request=1,
+        concurrent_writes=1,
+        dry_run=False,
+        report=Report(ad_account_id="1", audience_name="a", dry_run=False),
+        logger=logging.getLogger("test"),
+        create_list=lambda chunk: len(chunk),
+    )
+    cancelled: Future[None] = Future()
+    cancelled.cancel()
+    finished: Future[None] = Future()
+    finished.set_result(None)
+    writer.in_flight = [("ADD", cancelled), ("ADD", finished)]
+    waiter = threading.Thread(target=writer.wait_stopped, daemon=True)
+    waiter.start()
+    waiter.join(timeout=5)
+    assert not waiter.is_alive()
