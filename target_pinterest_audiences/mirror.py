@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -34,6 +35,8 @@ from target_pinterest_audiences.writer import Writer
 WANT_ABSENT, WANT_MEMBER, WANT_KEEP = 0, 1, 2
 #: A list type whose keys are stored as text: any identifier, before the list's kind is known.
 TEXT_KEY_TYPE = "LR_ID"
+#: Temporary directories of run sets: the prefix, then the owning process id.
+RUN_DIR_PREFIX = "target-pinterest-audiences-run-"
 #: Meltano's environment variable for allow_large_removal, named in the cap's message.
 ALLOW_ENV = "TARGET_PINTEREST_AUDIENCES_ALLOW_LARGE_REMOVAL"
 
@@ -57,7 +60,8 @@ class RunSet:
 
     def __init__(self, codec: KeyCodec) -> None:
         self.codec = codec
-        self._dir = tempfile.mkdtemp(prefix="target-pinterest-audiences-run-")
+        _remove_orphans()
+        self._dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-")
         path = Path(self._dir) / "run.sqlite"
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-4000"):
@@ -196,6 +200,20 @@ class RunSet:
         with contextlib.suppress(Exception):
             self._conn.close()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _remove_orphans() -> None:
+    """Run sets of runs that were killed (their process is gone) are deleted."""
+    for path in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*-*"):
+        pid = path.name[len(RUN_DIR_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue  # alive (another user's process, say)
 
 
 def _rows(pages: Iterable[list]) -> Iterator[tuple]:

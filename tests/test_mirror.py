@@ -683,3 +683,19 @@ def test_the_store_remembers_a_create_until_it_is_recorded(backend, tmp_path, re
     assert store.pending_create("VIP") == []
     if backend == "sqlite":
         assert not list((tmp_path / "snapshots").glob("creating-*"))
+
+
+def test_a_killed_runs_temporary_files_are_removed_by_the_next_run(
+    emulator, base_config, run_target, tmp_path
+):
+    import tempfile
+
+    from target_pinterest_audiences.mirror import RUN_DIR_PREFIX
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = Path(tempfile.gettempdir()) / f"{RUN_DIR_PREFIX}{dead.pid}-test"
+    orphan.mkdir()
+    (orphan / "run.sqlite").write_bytes(b"x")
+    assert run_target(mirror_config(base_config), rows(emails(range(3)))).returncode == 0
+    assert not orphan.exists()
