@@ -54,6 +54,7 @@ from target_pinterest_audiences.snapshot import SnapshotStore
 from target_pinterest_audiences.status import read_status
 from target_pinterest_audiences.tokens import (
     AuthError,
+    TokenFileError,
     TokenManager,
     TokenStore,
     TransientAuthError,
@@ -656,6 +657,8 @@ def check_connection(
             # Only a token answer says what was granted: refresh once to learn it.
             tokens.refresh()
             scope = tokens.scope
+    except TokenFileError as exc:  # before the others: a lock held too long is "transient" too
+        return False, f"NOT READY: {exc}."
     except TransientAuthError as exc:
         return False, f"UNREACHABLE: {exc}; check api_url and the network, then check again."
     except AuthError as exc:
@@ -676,6 +679,8 @@ def check_connection(
         return False, _explain_refusal(exc, ad_account_id, refresh_hint)
     except RetriesExhausted as exc:
         return False, f"UNREACHABLE: {exc}"
+    except TokenFileError as exc:
+        return False, f"NOT READY: {exc}."
     except (AuthError, TargetError) as exc:
         return False, f"TOKEN REJECTED: {exc}{refresh_hint}."
 

@@ -53,6 +53,14 @@ class TransientAuthError(AuthError):
     """The token endpoint was unreachable or busy (429, 5xx): worth retrying later."""
 
 
+class TokenFileError(AuthError):
+    """The token file or its lock cannot be used: a local problem, not a refused credential."""
+
+
+class TokenLockBusy(TokenFileError, TransientAuthError):
+    """Another process holds the token lock too long: retried like an unreachable endpoint."""
+
+
 def default_token_cache_path(ad_account_id: str) -> Path:
     """Per-ad-account token file under the user's config directory (XDG)."""
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
@@ -84,7 +92,7 @@ class TokenStore:
         try:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise AuthError(
+            raise TokenFileError(
                 f"cannot open the token lock file {self.lock_path} ({exc.strerror or exc}); "
                 "check that its folder is writable by this user"
             ) from None
@@ -100,7 +108,7 @@ class TokenStore:
                     break
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
-                        raise TransientAuthError(
+                        raise TokenLockBusy(
                             f"another process has held the token lock {self.lock_path} for "
                             f"more than {wait_seconds:.0f} s (a parallel run or "
                             "`target-pinterest-audiences-admin connect` that may be stuck)"
@@ -131,7 +139,7 @@ class TokenStore:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise AuthError(
+            raise TokenFileError(
                 f"token file {self.path} cannot be read ({type(exc).__name__}); "
                 "fix or delete it, then run again"
             ) from None

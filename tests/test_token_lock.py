@@ -382,6 +382,28 @@ def short_lived() -> Any:
 # ----------------------------------------------------------------------- four parallel jobs
 
 
+def test_check_calls_a_stuck_token_lock_not_ready_not_unreachable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock held by a stuck process is a local problem: check must not blame the network."""
+    store = TokenStore(tmp_path / "tokens.json")
+    seed(store)  # no scope stored: check refreshes to learn it, under the lock
+    monkeypatch.setattr(tokens, "LOCK_WAIT_SECONDS", 0.2)
+    with store.lock():  # a stuck run holds it
+        ok, message = auth.check_connection(
+            ad_account_id=AD_ACCOUNT,
+            api_url="http://127.0.0.1:9",
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            token_cache_path=store.path,
+            retry_seconds=1,
+            timeout=0.05,
+        )
+    assert not ok
+    assert message.startswith("NOT READY: another process has held the token lock"), message
+    assert "tokens.json.lock" in message and "network" not in message
+
+
 def test_four_parallel_jobs_share_one_token_file(short_lived: Emulator, tmp_path: Path) -> None:
     token_file = tmp_path / "tokens.json"
     jobs = []
