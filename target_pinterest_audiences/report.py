@@ -9,20 +9,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+#: Customer List statuses under which an upload is not matched yet: the audience's size
+#: does not count it, so size / confirmed members would be wrong (FACTS: 24-48 h).
+MATCHING_LIST_STATUSES = frozenset({"PROCESSING", "UPLOADING"})
 
-def match_rate(size: int | None, confirmed_members: int | None) -> float | None:
-    """Matched users per confirmed identifier; None unless both are known (and some confirmed).
+
+def match_rate(
+    size: int | None, confirmed_members: int | None, list_status: str | None = None
+) -> float | None:
+    """Matched users per confirmed identifier; None unless both are known (and some confirmed)
+    and the list's latest upload is matched.
 
     The list's upload counters cannot stand in for `confirmed_members`: they rise for every
-    identifier sent, even one already in (or absent from) the list.
+    identifier sent, even one already in (or absent from) the list. While the list still
+    matches an upload, `size` counts the members before it, not the confirmed ones.
     """
-    if size is None or not confirmed_members:
+    if size is None or not confirmed_members or list_status in MATCHING_LIST_STATUSES:
         return None
     return size / confirmed_members
 
 
 def match_rate_unknown_reasons(
-    audience_status: str | None, size: int | None, confirmed_members: int | None
+    audience_status: str | None,
+    size: int | None,
+    confirmed_members: int | None,
+    list_status: str | None = None,
 ) -> list[str]:
     """Why the match rate cannot be computed, in words a marketer can act on (empty: known)."""
     reasons = []
@@ -34,6 +45,11 @@ def match_rate_unknown_reasons(
             )
         else:
             reasons.append(f"Pinterest reports no size for the audience (status {audience_status})")
+    elif list_status in MATCHING_LIST_STATUSES:
+        reasons.append(
+            f"Pinterest is still matching the latest upload (Customer List status {list_status}): "
+            "the size does not count it yet; read `status` again in 24-48 hours"
+        )
     if confirmed_members is None:
         reasons.append(
             "no snapshot for this list (the target keeps one from its first real run on a list; "
@@ -90,18 +106,26 @@ class Report:
     match_rate: float | None = None
     #: The confirmed members the match rate divides by (said in the summary, not in STATE).
     confirmed_members: int | None = None
+    #: The Customer List's status at the end (PROCESSING: the size predates the latest
+    #: upload); said in the summary, not in STATE.
+    list_status: str | None = None
     #: "read" once the end-of-run read answered, "failed" when it did not; None: not tried.
     audience_read: str | None = None
 
     def record_audience(
-        self, status: str | None, size: int | None, confirmed_members: int | None
+        self,
+        status: str | None,
+        size: int | None,
+        confirmed_members: int | None,
+        list_status: str | None = None,
     ) -> None:
-        """Keep what the end-of-run read of the Audience said."""
+        """Keep what the end-of-run reads of the Audience (and its list) said."""
         self.audience_read = "read"
         self.audience_status = status
         self.audience_size = size
         self.confirmed_members = confirmed_members
-        self.match_rate = match_rate(size, confirmed_members)
+        self.list_status = list_status
+        self.match_rate = match_rate(size, confirmed_members, list_status)
 
     def audience_summary(self) -> str:
         """The summary line's words for the Audience's status, size and match rate."""
@@ -117,7 +141,7 @@ class Report:
             )
         else:
             reasons = match_rate_unknown_reasons(
-                self.audience_status, self.audience_size, self.confirmed_members
+                self.audience_status, self.audience_size, self.confirmed_members, self.list_status
             )
             rate = "unknown: " + "; ".join(reasons)
         return (

@@ -218,9 +218,10 @@ class Resolver:
 
     def read_audience_status(self, confirmed_members: Callable[[str], int | None]) -> None:
         """End of a real run: one read of the Audience for the report's status, size and
-        match rate. `confirmed_members(list_id)` counts the snapshot (None: no snapshot).
+        match rate, and one of its list, whose status says whether the size already counts
+        the latest upload. `confirmed_members(list_id)` counts the snapshot (None: none).
 
-        Raises what the read raises: the caller only warns, a finished run stays finished.
+        Raises what the reads raise: the caller only warns, a finished run stays finished.
         """
         if self.client is None or self.dry_run or not self.report.audience_id:
             return
@@ -231,11 +232,19 @@ class Resolver:
             deadline=deadline,
         )
         list_id = (audience.get("rule") or {}).get("customer_list_id") or self.report.segment_id
+        list_status = None
+        if list_id:
+            customer_list = self.client.request(
+                "GET", f"/ad_accounts/{self.account}/customer_lists/{list_id}", deadline=deadline
+            )
+            found = customer_list.get("status")
+            list_status = found if isinstance(found, str) else None
         status = audience.get("status")
         self.report.record_audience(
             status if isinstance(status, str) else None,
             as_size(audience.get("size")),
             confirmed_members(str(list_id)) if list_id else None,
+            list_status,
         )
 
     def _get_list(self, list_id: str) -> dict[str, Any]:

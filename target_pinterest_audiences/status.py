@@ -49,7 +49,9 @@ class AudienceStatus:
 
     @property
     def match_rate(self) -> float | None:
-        return match_rate(self.audience["size"], self.confirmed_members)
+        return match_rate(
+            self.audience["size"], self.confirmed_members, self.customer_list["status"]
+        )
 
     def as_json(self) -> dict[str, Any]:
         """The `--format json` object; its shape is a public contract."""
@@ -63,7 +65,9 @@ class AudienceStatus:
     def table(self) -> str:
         """A short human table; every unknown says why it is unknown."""
         a, c = self.audience, self.customer_list
-        reasons = match_rate_unknown_reasons(a["status"], a["size"], self.confirmed_members)
+        reasons = match_rate_unknown_reasons(
+            a["status"], a["size"], self.confirmed_members, c["status"]
+        )
         if a["size"] is not None:
             size = f"{a['size']} matched Pinterest users"
         elif a["status"] in (None, "INITIALIZING"):
