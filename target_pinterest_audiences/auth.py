@@ -121,8 +121,13 @@ def _when(timestamp: Any) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _is_pinterest_id(text: str | None) -> bool:
+    """Pinterest's id pattern (`^\\d+$`, at most 18 long); ASCII digits only, unlike isdigit()."""
+    return bool(text) and re.fullmatch(r"[0-9]{1,18}", str(text)) is not None
+
+
 def _valid_account(ad_account_id: str | None) -> bool:
-    return bool(ad_account_id) and str(ad_account_id).isdigit()
+    return _is_pinterest_id(ad_account_id)
 
 
 # --------------------------------------------------------------------------- the link
@@ -620,7 +625,10 @@ def check_connection(
     """
     log = log or logger
     if not _valid_account(ad_account_id):
-        return False, f"NOT READY: ad_account_id must be a string of digits, got {ad_account_id!r}."
+        return (
+            False,
+            f"NOT READY: ad_account_id must be 1 to 18 digits (0-9), got {ad_account_id!r}.",
+        )
     if tokens is None:
         path = token_cache_path or default_token_cache_path(ad_account_id)
         try:
@@ -792,8 +800,8 @@ def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             f"{ENV_PREFIX}AUDIENCE_ID / {ENV_PREFIX}AUDIENCE_NAME)",
             2,
         )
-    if audience_id and not audience_id.isdigit():
-        return fail(f"the audience id must be a string of digits, got {audience_id!r}", 2)
+    if audience_id and not _is_pinterest_id(audience_id):
+        return fail(f"the audience id must be 1 to 18 digits (0-9), got {audience_id!r}", 2)
     store_path = args.token_cache_path or default_token_cache_path(account)
     try:
         tokens = TokenManager(
@@ -865,8 +873,8 @@ def _port(text: str) -> int:
 
 
 def _account(text: str) -> str:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError("an ad account id is a string of digits")
+    if not _is_pinterest_id(text):
+        raise argparse.ArgumentTypeError("an ad account id is 1 to 18 digits (0-9)")
     return text
 
 

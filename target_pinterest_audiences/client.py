@@ -260,8 +260,12 @@ class PinterestClient:
         idempotent: bool = True,
         deadline: float | None = None,
         on_timeout: Callable[[], None] | None = None,
+        on_send: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """One API call, retried on 429/5xx/timeouts/dropped connections within the budget.
+
+        `on_send` is called right before each attempt goes out (a write's journal keeps
+        when its last attempt may still land, for the run after a kill).
 
         A non-idempotent call (a create) whose outcome is unknown raises AmbiguousWrite
         instead of being repeated blindly: the caller checks whether it took effect, and
@@ -285,6 +289,8 @@ class PinterestClient:
                 self.pause(method, path, attempts, deadline, delays, None, f"token refresh: {exc}")
                 continue
             limiter.acquire()
+            if on_send is not None:
+                on_send()
             try:
                 response = self.session.request(
                     method,
@@ -336,6 +342,20 @@ class PinterestClient:
                         rid,
                         "The token lacks the scopes this needs (ads:read, ads:write): reconnect "
                         "with `target-pinterest-audiences-admin connect`, which asks for both",
+                    )
+                if status in (401, 403) and code == 29:
+                    # "Not permitted" (FACTS: 401 or 403): a fresh token would be refused too.
+                    raise PinterestAPIError(
+                        method,
+                        path,
+                        status,
+                        code,
+                        message,
+                        rid,
+                        "Pinterest says the connected user may not do this (code 29, not "
+                        "permitted): check in Ads Manager (Business Access) that the user who "
+                        "connected has access to this ad account with a role that may manage "
+                        "audiences, then reconnect with `target-pinterest-audiences-admin connect`",
                     )
                 if status == 401 and reauthorized < MAX_REAUTHORIZATIONS:
                     self.logger.info("HTTP 401 on %s %s; refreshing the access token", method, path)
@@ -421,6 +441,16 @@ def _maybe_sent(exc: requests.RequestException) -> bool:
         marker in text
         for marker in ("NewConnectionError", "Connection refused", "Name or service not known")
     )
+
+
+def upload_exceptions(answer: Any) -> int:
+    """How many entries the `exceptions` ("Customer list errors") of a CustomerList answer
+    holds; 0 when none. The spec names the field but not its content, so callers only warn
+    (by count: an entry might name an identifier) and still count the write as confirmed."""
+    found = answer.get("exceptions") if isinstance(answer, dict) else None
+    if isinstance(found, (dict, list)):
+        return len(found)
+    return 1 if found else 0
 
 
 def _json_body(response: requests.Response) -> dict[str, Any]:

@@ -6,6 +6,7 @@ matched users (the Audience's `size`) over the identifiers the target confirmed 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +112,24 @@ class Report:
     list_status: str | None = None
     #: "read" once the end-of-run read answered, "failed" when it did not; None: not tried.
     audience_read: str | None = None
+    #: Write answers whose `exceptions` listed errors (warned about once; not in STATE).
+    upload_exception_answers: int = 0
+
+    def note_upload_exceptions(self, entries: int, rid: str | None, logger: logging.Logger) -> None:
+        """Warn at the first write answer that lists Customer List errors; count them all."""
+        if not entries:
+            return
+        self.upload_exception_answers += 1
+        if self.upload_exception_answers == 1:
+            logger.warning(
+                "Pinterest's answer to a write to Customer List %s lists %d error(s) in its "
+                "`exceptions` field (x-pinterest-rid %s): Pinterest may not have taken every "
+                "identifier of that request, though it answered 200; the target counts them as "
+                "confirmed. Quote the x-pinterest-rid to Pinterest support to learn more",
+                self.segment_id or "(new)",
+                entries,
+                rid or "-",
+            )
 
     def record_audience(
         self,

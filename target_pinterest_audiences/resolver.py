@@ -19,9 +19,11 @@ from target_pinterest_audiences.client import (
     PinterestClient,
     RequestTooLarge,
     TargetError,
+    upload_exceptions,
 )
 from target_pinterest_audiences.identifiers import EXTERNAL
 from target_pinterest_audiences.report import Report, as_size
+from target_pinterest_audiences.snapshot import MAX_SETTLE_WAIT_SECONDS
 
 #: Stands for the list a dry run would have created, so later batches count as updates.
 DRY_RUN_NEW_LIST = "(new)"
@@ -138,11 +140,15 @@ class Resolver:
         segment_name: str,
         segment_id: str | None,
         on_list: Callable[[str], None] | None = None,
+        create_settles: float = 0.0,
     ) -> None:
         """Decide which list and audience this run writes to, before its first write.
 
         `on_list` is called with an existing list's id before anything is written (the
         audience is created only after it returned), so that it may still stop the run.
+        `create_settles` (time.time()): a create of this name left unanswered by a run that
+        stopped may land until then; the list is looked for until then before a new one
+        would be created (two lists of one name otherwise).
         """
         self.resolved = True
         self.report.segment_name = segment_name
@@ -176,6 +182,19 @@ class Resolver:
                 return item.get("name") == segment_name
 
             found = self._find("customer_lists", named)
+            wait = min(create_settles - time.time(), MAX_SETTLE_WAIT_SECONDS)
+            if not found and wait > 0:
+                self.logger.warning(
+                    "A run that stopped was creating the Customer List named %r and its answer "
+                    "never came: looking for it for up to %.0f s before creating it",
+                    segment_name,
+                    wait,
+                )
+                until = time.monotonic() + wait
+                while not found and time.monotonic() < until:
+                    if self.client.stop_event.wait(min(1.0, max(0.0, until - time.monotonic()))):
+                        raise Interrupted("stopped while looking for a list being created")
+                    found = self._find("customer_lists", named)
             if len(found) > 1:
                 raise TargetError(
                     f"{len(found)} Customer Lists in ad account {self.account} are named "
@@ -190,10 +209,11 @@ class Resolver:
                     "Adopting existing Customer List %s named %r", self.list_id, segment_name
                 )
         self.report.segment_id = self.list_id
+        ours = None if self.audience_id else self._audiences_of_this_name()
         if self.list_id and on_list is not None:
             on_list(self.list_id)
         if self.list_id and not self.audience_id:
-            self.ensure_audience()
+            self.ensure_audience(ours)
 
     def list_of_audience(self) -> str | None:
         """For a run without records: the list of the audience_id setting's Audience, or of
@@ -276,10 +296,49 @@ class Resolver:
             and str(rule.get("customer_list_id")) == self.list_id
         )
 
-    def ensure_audience(self) -> None:
-        """Adopt the CUSTOMER_LIST audience of this name and list, or create it."""
+    def _audiences_of_this_name(self) -> list[str] | None:
+        """Before any write: the ids of this name's Audiences on this run's list; stops the
+        run when the name is taken only by Audiences of other lists (or of another type).
+
+        Creating one more would leave two Audiences of one name (one segment's audience_name
+        copied to another, or a list deleted in Ads Manager): ads would target the wrong one.
+        """
+        if self.client is None or not self.audience_name:
+            return None
+        path = f"/ad_accounts/{self.account}/audiences"
+        named = [i for i in self.client.paginate(path) if i.get("name") == self.audience_name]
+        ours = [str(item["id"]) for item in named if self._audience_matches(item)]
+        if ours or not named:
+            return ours
+        others = "; ".join(
+            f"Audience {item.get('id')} ({item.get('audience_type')}"
+            + (
+                f", Customer List {(item.get('rule') or {}).get('customer_list_id')}"
+                if item.get("audience_type") == "CUSTOMER_LIST"
+                else ""
+            )
+            + ")"
+            for item in named[:5]
+        )
+        this_list = (
+            f"Customer List {self.list_id}" if self.list_id else "the new list this run creates"
+        )
+        raise TargetError(
+            f"audience_name {self.audience_name!r} is taken in ad account {self.account} by "
+            f"{others}, not by an Audience of {this_list} (segment_name "
+            f"{self.report.segment_name!r}); a new Audience would share its name. Give this "
+            "segment its own audience_name, or rename or delete that Audience in Ads Manager "
+            "(set audience_id to update the list it uses instead). Nothing was written"
+        )
+
+    def ensure_audience(self, found: list[str] | None = None) -> None:
+        """Adopt the CUSTOMER_LIST audience of this name and list, or create it.
+
+        `found`: the matching ids when the caller has just listed them (saves a listing).
+        """
         assert self.client is not None and self.list_id
-        found = self._find("audiences", self._audience_matches)
+        if found is None:
+            found = self._find("audiences", self._audience_matches)
         if len(found) > 1:
             raise TargetError(
                 f"{len(found)} Audiences named {self.audience_name!r} use Customer List "
@@ -319,7 +378,13 @@ class Resolver:
             return "IDFA"
         return "EMAIL"
 
-    def create_list(self, adds: list[str], kinds: set[str], per_request: int) -> int:
+    def create_list(
+        self,
+        adds: list[str],
+        kinds: set[str],
+        per_request: int,
+        on_send: Callable[[], None] | None = None,
+    ) -> int:
         """Create the list with the first adds, then its audience; returns how many of
         `adds` the create carried (fewer when Pinterest refused the request as too large)."""
         name = self.report.segment_name
@@ -335,7 +400,7 @@ class Resolver:
             body = {"name": name, "records": ",".join(first), "list_type": list_type}
             try:
                 self.list_id = self._create(
-                    "customer_lists", body, lambda item: item.get("name") == name
+                    "customer_lists", body, lambda item: item.get("name") == name, on_send
                 )
                 break
             except RequestTooLarge:
@@ -356,7 +421,11 @@ class Resolver:
         return len(first)
 
     def _create(
-        self, kind: str, body: dict[str, Any], match: Callable[[dict[str, Any]], bool]
+        self,
+        kind: str,
+        body: dict[str, Any],
+        match: Callable[[dict[str, Any]], bool],
+        on_send: Callable[[], None] | None = None,
     ) -> str:
         """POST a create; when its outcome is unknown, look before creating again."""
         assert self.client is not None
@@ -365,7 +434,10 @@ class Resolver:
         while True:
             try:
                 answer = self.client.request(
-                    "POST", path, json=body, idempotent=False, deadline=deadline
+                    "POST", path, json=body, idempotent=False, deadline=deadline, on_send=on_send
+                )
+                self.report.note_upload_exceptions(
+                    upload_exceptions(answer), self.client.last_rid, self.logger
                 )
                 self.created_time = answer.get("created_time")
                 return str(answer["id"])

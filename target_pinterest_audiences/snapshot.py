@@ -58,6 +58,8 @@ _JOURNAL = "pinterest_audience_snapshot_journal"
 _LOG = "pinterest_audience_snapshot_log"
 #: PostgreSQL: lists being created (SQLite stores keep a file per create instead).
 _CREATES = "pinterest_audience_snapshot_creates"
+#: First line of a SQLite store's create file: when its create has landed or never will.
+_SETTLE_PREFIX = "settle_until "
 #: States in the log: confirmed member, confirmed gone, in doubt (may or may not be in).
 MEMBER, GONE, IN_DOUBT = 1, 0, 2
 
@@ -69,7 +71,7 @@ _SQLITE_DDL = (
     f"CREATE TABLE IF NOT EXISTS {_MEMBERS} (list_key INTEGER NOT NULL, h BLOB NOT NULL, "
     "confirmed INTEGER NOT NULL, PRIMARY KEY (list_key, h)) WITHOUT ROWID",
     f"CREATE TABLE IF NOT EXISTS {_JOURNAL} (entry INTEGER PRIMARY KEY, list_key INTEGER NOT "
-    "NULL, op TEXT NOT NULL, records TEXT NOT NULL)",
+    "NULL, op TEXT NOT NULL, records TEXT NOT NULL, settle_until REAL)",
     f"CREATE TABLE IF NOT EXISTS {_LOG} (seq INTEGER PRIMARY KEY, list_key INTEGER NOT NULL, "
     "h BLOB NOT NULL, state INTEGER NOT NULL)",
 )
@@ -81,12 +83,20 @@ _POSTGRES_DDL = (
     f"CREATE TABLE IF NOT EXISTS {_MEMBERS} (list_key BIGINT NOT NULL, h BYTEA NOT NULL, "
     "confirmed SMALLINT NOT NULL, PRIMARY KEY (list_key, h))",
     f"CREATE TABLE IF NOT EXISTS {_JOURNAL} (entry BIGSERIAL PRIMARY KEY, list_key BIGINT NOT "
-    "NULL, op TEXT NOT NULL, records TEXT NOT NULL)",
+    "NULL, op TEXT NOT NULL, records TEXT NOT NULL, settle_until DOUBLE PRECISION)",
     f"CREATE TABLE IF NOT EXISTS {_LOG} (seq BIGSERIAL PRIMARY KEY, list_key BIGINT NOT NULL, "
     "h BYTEA NOT NULL, state SMALLINT NOT NULL)",
     f"CREATE TABLE IF NOT EXISTS {_CREATES} (ad_account_id TEXT NOT NULL, name TEXT NOT NULL, "
-    "records TEXT NOT NULL, PRIMARY KEY (ad_account_id, name))",
+    "records TEXT NOT NULL, settle_until DOUBLE PRECISION, PRIMARY KEY (ad_account_id, name))",
+    # Stores made before the column existed.
+    f"ALTER TABLE {_JOURNAL} ADD COLUMN IF NOT EXISTS settle_until DOUBLE PRECISION",
+    f"ALTER TABLE {_CREATES} ADD COLUMN IF NOT EXISTS settle_until DOUBLE PRECISION",
 )
+#: SQLite has no ADD COLUMN IF NOT EXISTS: run, and ignore "duplicate column".
+_SQLITE_MIGRATIONS = (f"ALTER TABLE {_JOURNAL} ADD COLUMN settle_until REAL",)
+#: Longest wait for writes left in flight by a run that stopped (a clock that jumped must
+#: not hold a run for hours).
+MAX_SETTLE_WAIT_SECONDS = 900.0
 
 
 class SnapshotError(TargetError):
@@ -214,10 +224,12 @@ class SnapshotStore:
 
     # ---- lists being created ----------------------------------------------------------
 
-    def begin_create(self, name: str, records: Sequence[str]) -> None:
-        """Before a list is created with `records`: remember them, durably, by the list's
-        name (it has no id yet). If the answer is lost (a kill), the run that adopts the
-        list by name finds them here and takes them as in doubt, not as unknown."""
+    def begin_create(self, name: str, records: Sequence[str], settle_until: float) -> None:
+        """Before a list is created with `records` (and again before each new attempt):
+        remember them, durably, by the list's name (it has no id yet), with the time
+        (time.time()) by which an attempt sent now has landed or never will. If the answer
+        is lost (a kill), the next run waits for that time before creating the list again,
+        and the run that adopts the list by name takes the records as in doubt."""
         text = ",".join(records)
         if self.url:
             conn = self._pg_connect()
@@ -225,9 +237,10 @@ class SnapshotStore:
                 if not self._pg_ready:
                     self._pg_ensure_tables(conn)
                 conn.cursor().execute(
-                    f"INSERT INTO {_CREATES} (ad_account_id, name, records) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (ad_account_id, name) DO UPDATE SET records = excluded.records",
-                    (self.ad_account_id, name, text),
+                    f"INSERT INTO {_CREATES} (ad_account_id, name, records, settle_until) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (ad_account_id, name) DO UPDATE SET "
+                    "records = excluded.records, settle_until = excluded.settle_until",
+                    (self.ad_account_id, name, text, settle_until),
                 )
                 conn.commit()
             finally:
@@ -239,7 +252,7 @@ class SnapshotStore:
         try:
             os.fchmod(fd, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
+                handle.write(f"{_SETTLE_PREFIX}{settle_until!r}\n{text}")
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
@@ -249,6 +262,16 @@ class SnapshotStore:
 
     def pending_create(self, name: str) -> list[str]:
         """The records of a create of this name whose outcome was never recorded."""
+        return self._pending_create(name)[0]
+
+    def pending_create_settles(self, name: str) -> float:
+        """When (time.time()) a create of this name left unanswered by a run that stopped has
+        landed or never will; 0 when there is none."""
+        records, settle_until = self._pending_create(name)
+        return settle_until if records else 0.0
+
+    def _pending_create(self, name: str) -> tuple[list[str], float]:
+        settle_until: Any = None
         if self.url:
             conn = self._pg_connect()
             try:
@@ -256,20 +279,25 @@ class SnapshotStore:
                     self._pg_ensure_tables(conn)
                 cursor = conn.cursor()
                 cursor.execute(
-                    f"SELECT records FROM {_CREATES} WHERE ad_account_id = %s AND name = %s",
+                    f"SELECT records, settle_until FROM {_CREATES} WHERE ad_account_id = %s "
+                    "AND name = %s",
                     (self.ad_account_id, name),
                 )
                 row = cursor.fetchone()
                 conn.rollback()
             finally:
                 conn.close()
-            text = row[0] if row else ""
+            text, settle_until = row if row else ("", None)
         else:
             try:
                 text = self._create_path(name).read_text(encoding="utf-8")
             except FileNotFoundError:
                 text = ""
-        return [h for h in text.split(",") if h]
+            if text.startswith(_SETTLE_PREFIX):
+                first, _, text = text.partition("\n")
+                with contextlib.suppress(ValueError):
+                    settle_until = float(first[len(_SETTLE_PREFIX) :])
+        return [h for h in text.split(",") if h], float(settle_until or 0.0)
 
     def end_create(self, name: str) -> None:
         """The create's records are now known to the list's snapshot."""
@@ -326,6 +354,12 @@ class SnapshotStore:
             try:
                 for statement in _SQLITE_DDL:
                     conn.execute(statement)
+                for statement in _SQLITE_MIGRATIONS:
+                    try:
+                        conn.execute(statement)
+                    except sqlite3.OperationalError as exc:
+                        if "duplicate column" not in str(exc):
+                            raise
                 conn.commit()
                 # Opening reads every member (recovery, merge, count): a damaged file
                 # shows here, and is named.
@@ -517,6 +551,12 @@ class Snapshot:
             #: The list type the list was created with, when this store knows it.
             self.list_type: str | None = (row[1] if row else None) or list_type
             self._codec = KeyCodec(self.list_type)
+            #: When (time.time()) the writes a dead run left unanswered have landed or
+            #: never will: nothing may be written to the list before (a late ADD would
+            #: undo a newer REMOVE). 0: nothing pending.
+            self.settle_until = 0.0
+            #: Per journal entry of this run: the settle time stored for it.
+            self._settles: dict[int, float] = {}
             # Writes left unanswered by a run that died are in doubt: a dry run must see
             # them too (it reports the difference the real run would make).
             self.in_doubt_recovered = self._recover() if recover and self._key >= 0 else 0
@@ -555,16 +595,19 @@ class Snapshot:
         return int(row[0])
 
     def _recover(self) -> int:
-        """Journal rows left by a run that died: their identifiers are now in doubt."""
+        """Journal rows left by a run that died: their identifiers are now in doubt, and
+        `settle_until` says until when one of those writes may still land."""
         entries = self._exec(
-            f"SELECT entry, records FROM {_JOURNAL} WHERE list_key = ?", (self._key,)
+            f"SELECT entry, records, settle_until FROM {_JOURNAL} WHERE list_key = ?",
+            (self._key,),
         ).fetchall()
         doubtful = 0
-        for entry, records in entries:
+        for entry, records, settle_until in entries:
             hashes = [h for h in records.split(",") if h]
             self._append(hashes, IN_DOUBT)
             self._exec(f"DELETE FROM {_JOURNAL} WHERE entry = ?", (entry,))
             doubtful += len(hashes)
+            self.settle_until = max(self.settle_until, float(settle_until or 0.0))
         self._conn.commit()
         if doubtful:
             self.logger.warning(
@@ -623,17 +666,30 @@ class Snapshot:
     def codec(self) -> KeyCodec:
         return self._codec
 
-    def journal(self, operation: str, hashes: Sequence[str]) -> int:
-        """Before a write goes out: remember it, so a lost answer leaves it in doubt."""
+    def journal(self, operation: str, hashes: Sequence[str], settle_until: float) -> int:
+        """Before a write goes out: remember it, so a lost answer leaves it in doubt, and
+        until when (time.time()) an attempt sent now may land."""
         with self._lock:
             cursor = self._exec(
-                f"INSERT INTO {_JOURNAL} (list_key, op, records) VALUES (?, ?, ?)"
-                + ("" if self._sqlite else " RETURNING entry"),
-                (self._key, operation, ",".join(hashes)),
+                f"INSERT INTO {_JOURNAL} (list_key, op, records, settle_until) VALUES "
+                "(?, ?, ?, ?)" + ("" if self._sqlite else " RETURNING entry"),
+                (self._key, operation, ",".join(hashes), settle_until),
             )
-            entry = cursor.lastrowid if self._sqlite else cursor.fetchone()[0]
+            entry = int(cursor.lastrowid if self._sqlite else cursor.fetchone()[0])
             self._conn.commit()
-            return int(entry)
+            self._settles[entry] = settle_until
+            return entry
+
+    def extend_settle(self, entry: int, settle_until: float) -> None:
+        """Another attempt of a journaled write goes out: it may land until `settle_until`."""
+        with self._lock:
+            if settle_until <= self._settles.get(entry, 0.0) + 1.0:
+                return  # the first attempt, or one right after: the stored time covers it
+            self._exec(
+                f"UPDATE {_JOURNAL} SET settle_until = ? WHERE entry = ?", (settle_until, entry)
+            )
+            self._conn.commit()
+            self._settles[entry] = settle_until
 
     def confirm(
         self, entry: int | None, operation: str, applied: Sequence[str], doubtful: Sequence[str]
@@ -645,6 +701,7 @@ class Snapshot:
             self._append(doubtful, IN_DOUBT)
             if entry is not None:
                 self._exec(f"DELETE FROM {_JOURNAL} WHERE entry = ?", (entry,))
+                self._settles.pop(entry, None)
             self._conn.commit()
 
     def mark_in_doubt(self, hashes: Sequence[str]) -> None:

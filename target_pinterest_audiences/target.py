@@ -72,6 +72,13 @@ class Terminated(BaseException):
         self.signum = signum
 
 
+def _setting(config: t.Mapping[str, t.Any], key: str, default: t.Any) -> t.Any:
+    """A setting's value, or its default when it is missing or null (the settings schema
+    allows null, as Meltano passes an unset value)."""
+    value = config.get(key)
+    return default if value is None else value
+
+
 class TargetPinterestAudiences(Target):
     """Syncs one segment of customers into a Pinterest Customer List and its Audience."""
 
@@ -458,7 +465,7 @@ class TargetPinterestAudiences(Target):
             api_url=config.get("api_url") or DEFAULT_API_URL,
             logger=self.logger,
         )
-        skip_invalid = config.get("on_invalid_record", "fail") == "skip"
+        skip_invalid = _setting(config, "on_invalid_record", "fail") == "skip"
         #: The rejected-records file (rejected_records_path), opened before anything is sent.
         self.rejected: RejectedRecords | None = None
         if config.get("rejected_records_path"):
@@ -479,25 +486,25 @@ class TargetPinterestAudiences(Target):
             audience_name=config.get("audience_name"),
             audience_id=config.get("audience_id"),
             audience_description=config.get("audience_description"),
-            identifiers_per_request=int(config.get("identifiers_per_request", 10_000)),
-            list_type=config.get("list_type", "auto"),
+            identifiers_per_request=int(_setting(config, "identifiers_per_request", 10_000)),
+            list_type=_setting(config, "list_type", "auto"),
             dry_run=self.dry_run,
             report=self.report,
             emit_state=self._emit_state,
             logger=self.logger,
-            checkpoint_seconds=float(config.get("checkpoint_interval_seconds", 60)),
-            concurrent_writes=int(config.get("max_concurrent_writes", 4)),
+            checkpoint_seconds=float(_setting(config, "checkpoint_interval_seconds", 60)),
+            concurrent_writes=int(_setting(config, "max_concurrent_writes", 4)),
             store=self.store,
             sync_mode=self.sync_mode,
-            max_removal_fraction=float(config.get("max_removal_fraction", 0.2)),
+            max_removal_fraction=float(_setting(config, "max_removal_fraction", 0.2)),
             allow_large_removal=bool(config.get("allow_large_removal")),
-            progress_seconds=float(config.get("progress_interval_seconds", 30)),
+            progress_seconds=float(_setting(config, "progress_interval_seconds", 30)),
             external_id_type=config.get("external_id_type"),
         )
         self.flow = RecordFlow(
             uploader=self.uploader,
             report=self.report,
-            identifiers_per_request=int(config.get("identifiers_per_request", 10_000)),
+            identifiers_per_request=int(_setting(config, "identifiers_per_request", 10_000)),
             skip_invalid=skip_invalid,
             logger=self.logger,
             mirror=self.sync_mode == "mirror",
@@ -520,7 +527,7 @@ class TargetPinterestAudiences(Target):
             refresh_token=config.get("refresh_token"),
             store=store,
             logger=self.logger,
-            timeout=float(config.get("request_timeout_seconds", 60)),
+            timeout=float(_setting(config, "request_timeout_seconds", 60)),
         )
         if not tokens.has_credentials:
             if self.dry_run:
@@ -542,13 +549,13 @@ class TargetPinterestAudiences(Target):
             tokens=tokens,
             logger=self.logger,
             retry=RetryPolicy(
-                budget_seconds=float(config.get("retry_max_seconds", 900)),
-                base_delay=float(config.get("retry_base_delay_seconds", 1.0)),
-                max_delay=float(config.get("retry_max_delay_seconds", 60.0)),
+                budget_seconds=float(_setting(config, "retry_max_seconds", 900)),
+                base_delay=float(_setting(config, "retry_base_delay_seconds", 1.0)),
+                max_delay=float(_setting(config, "retry_max_delay_seconds", 60.0)),
             ),
-            writes_per_minute=int(config.get("max_writes_per_minute", 400)),
-            reads_per_minute=int(config.get("max_reads_per_minute", 1000)),
-            timeout=float(config.get("request_timeout_seconds", 60)),
+            writes_per_minute=int(_setting(config, "max_writes_per_minute", 400)),
+            reads_per_minute=int(_setting(config, "max_reads_per_minute", 1000)),
+            timeout=float(_setting(config, "request_timeout_seconds", 60)),
         )
 
     # ---- messages --------------------------------------------------------------------
@@ -860,6 +867,11 @@ class TargetPinterestAudiences(Target):
                 config=config.config, validate_config=True, parse_env_config=config.parse_env
             )
             target.listen(file_input)
+            # The run is over (its last STATE written): Python's shutdown would put back
+            # the default handlers, and a signal then would kill a successful run (-15).
+            with contextlib.suppress(ValueError):
+                for each in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(each, signal.SIG_IGN)
         except (
             TargetError,
             AuthError,

@@ -29,12 +29,13 @@ from target_pinterest_audiences.mirror import MirrorSync
 from target_pinterest_audiences.progress import Progress
 from target_pinterest_audiences.report import Report
 from target_pinterest_audiences.resolver import (
+    CREATE_SETTLE_SECONDS,
     DRY_RUN_NEW_LIST,
     Resolver,
     describe_list_type,
     list_kind,
 )
-from target_pinterest_audiences.snapshot import SnapshotStore
+from target_pinterest_audiences.snapshot import MAX_SETTLE_WAIT_SECONDS, SnapshotStore
 from target_pinterest_audiences.status import confirmed_members
 from target_pinterest_audiences.tokens import AuthError
 from target_pinterest_audiences.writer import Writer
@@ -308,10 +309,16 @@ class Uploader:
         self._kinds |= batch.kinds
         if batch.ops and not self.resolver.resolved:
             assert batch.segment_name is not None
+            create_settles = 0.0
             if not batch.segment_id and not self.resolver.audience_rule_list:
                 self._lock_segment_name(batch.segment_name)
+                if self.store is not None and self.client is not None and not self.dry_run:
+                    create_settles = self.store.pending_create_settles(batch.segment_name)
             self.resolver.resolve(
-                batch.segment_name, batch.segment_id, on_list=self._attach_existing
+                batch.segment_name,
+                batch.segment_id,
+                on_list=self._attach_existing,
+                create_settles=create_settles,
             )
             if self.resolver.list_id:
                 self._attach_existing(self.resolver.list_id)
@@ -355,6 +362,14 @@ class Uploader:
                 list_created_time=self.resolver.list_created_time,
             )
         snapshot = self.writer.snapshot
+        if snapshot is not None and not snapshot.readonly:
+            # A run that stopped may have left writes in flight: one landing after ours
+            # would undo them (a late ADD after our REMOVE), so let them land first.
+            self._wait_until(
+                snapshot.settle_until,
+                f"writes to Customer List {list_id} left unanswered by a run that stopped may "
+                "still land",
+            )
         made_here = False
         name = self.report.segment_name
         if snapshot is not None and not created and self.resolver.found_by_name and name:
@@ -383,6 +398,15 @@ class Uploader:
                     list_id,
                     self.store.where,
                 )
+
+    def _wait_until(self, settle_until: float, why: str) -> None:
+        """Write nothing before `settle_until` (time.time()); a signal ends the wait."""
+        wait = min(settle_until - time.time(), MAX_SETTLE_WAIT_SECONDS)
+        if wait <= 0 or self.client is None:
+            return
+        self.logger.warning("%s: waiting %.0f s before writing to it", why, wait)
+        if self.client.stop_event.wait(wait):
+            raise Interrupted("stopped while waiting for an earlier run's writes to land")
 
     def _attach_existing(self, list_id: str) -> None:
         """An existing list: its snapshot, then its kind checked against the run's."""
@@ -445,10 +469,20 @@ class Uploader:
     def _create_list(self, chunk: list[str]) -> int:
         name = self.report.segment_name
         journaled = self.store is not None and name and not self.dry_run and self.client
+        on_send = None
         if journaled:
             assert self.store is not None and name is not None
-            self.store.begin_create(name, chunk)  # a lost answer leaves them in doubt
-        carried = self.resolver.create_list(chunk, self._kinds, self.writer.per_request)
+            store, client = self.store, self.client
+            assert client is not None
+
+            def on_send() -> None:  # each attempt: a lost answer leaves them in doubt
+                store.begin_create(
+                    name, chunk, time.time() + client.timeout + CREATE_SETTLE_SECONDS
+                )
+
+        carried = self.resolver.create_list(
+            chunk, self._kinds, self.writer.per_request, on_send=on_send
+        )
         assert self.resolver.list_id is not None
         self._attach(self.resolver.list_id, created=True)
         if self.writer.snapshot is not None and not self.dry_run:

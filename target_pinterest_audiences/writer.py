@@ -29,6 +29,7 @@ from target_pinterest_audiences.client import (
     PinterestClient,
     RequestTooLarge,
     TargetError,
+    upload_exceptions,
 )
 from target_pinterest_audiences.report import Report
 from target_pinterest_audiences.resolver import CREATE_SETTLE_SECONDS
@@ -156,7 +157,7 @@ class Writer:
                 for digest in chunk:
                     if digest in self.in_doubt:
                         self.in_doubt[digest] = operation == "ADD"
-        entry = self.snapshot.journal(operation, chunk) if self.snapshot else None
+        entry = self.snapshot.journal(operation, chunk, self._lands_by()) if self.snapshot else None
         if self._pool is None:
             self._send_chunk(operation, chunk, count, entry)
             return
@@ -207,11 +208,12 @@ class Writer:
             part = pending.pop()
             body = {"operation_type": operation, "records": ",".join(part)}
             try:
-                self.client.request(
+                answer = self.client.request(
                     "PATCH",
                     path,
                     json=body,
                     on_timeout=functools.partial(self._mark_in_doubt, part, is_add),
+                    on_send=functools.partial(self._journal_attempt, entry),
                 )
             except RequestTooLarge as exc:
                 if len(part) == 1:
@@ -233,7 +235,22 @@ class Writer:
                 continue
             if count:
                 self.count(operation, len(part))
+            entries = upload_exceptions(answer)
+            if entries:
+                with self._lock:
+                    self.report.note_upload_exceptions(entries, self.client.last_rid, self.logger)
         self._confirmed(operation, chunk, entry)
+
+    def _lands_by(self) -> float:
+        """time.time() by which a write sent now has landed or never will: one request
+        timeout plus the settle margin, the same bound reconcile() waits for in a run."""
+        assert self.client is not None
+        return time.time() + self.client.timeout + CREATE_SETTLE_SECONDS
+
+    def _journal_attempt(self, entry: int | None) -> None:
+        """A retry or a half of a split goes out later than the journal row says."""
+        if entry is not None and self.snapshot is not None:
+            self.snapshot.extend_settle(entry, self._lands_by())
 
     def _confirmed(self, operation: str, chunk: list[str], entry: int | None) -> None:
         """Pinterest confirmed every part of a chunk: the snapshot follows, except for

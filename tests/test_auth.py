@@ -588,5 +588,11 @@ def test_check_connection_reports_each_blocker(
 
 def test_main_usage_errors_return_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--ad-account-id", "not-digits"]) == 2
+    # Pinterest's id pattern: ASCII digits, at most 18 (str.isdigit() accepts others).
+    for bad in ("\u0661\u0662\u0663", "1" * 19, "\u00b2"):
+        assert main(["check", "--ad-account-id", bad]) == 2
+        assert main(["status", "--ad-account-id", "123", "--audience-id", bad]) == 2
+    ok, message = check_connection(ad_account_id="1" * 19)
+    assert not ok and message.startswith("NOT READY: ad_account_id must be 1 to 18 digits")
     assert main(["--help"]) == 0
     assert "connect" in capsys.readouterr().out

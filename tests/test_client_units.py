@@ -222,3 +222,29 @@ def test_expiring_access_token_triggers_a_refresh(tmp_path, monkeypatch) -> None
     assert results == ["new"] * 4
     assert calls == [{"grant_type": "refresh_token", "refresh_token": "r0"}]  # once, not 4 times
     assert store.load()["refresh_token"] == "r1"
+
+
+def test_customer_list_errors_in_a_200_answer_warn_once_by_count(caplog) -> None:
+    """The spec's CustomerList.exceptions ("Customer list errors") has no published shape:
+    warn by count only (an entry might hold an identifier) and once per run."""
+    from target_pinterest_audiences.client import upload_exceptions
+    from target_pinterest_audiences.report import Report
+
+    assert upload_exceptions({"id": "1", "exceptions": {}}) == 0
+    assert upload_exceptions({"id": "1"}) == 0
+    assert upload_exceptions(None) == 0
+    assert upload_exceptions({"exceptions": {"1": "abc", "2": "def"}}) == 2
+    assert upload_exceptions({"exceptions": ["x"]}) == 1
+    assert upload_exceptions({"exceptions": "some error"}) == 1
+
+    report = Report(ad_account_id="1", audience_name="a", dry_run=False)
+    log = logging.getLogger("test-exceptions")
+    secret = "f" * 64
+    with caplog.at_level(logging.WARNING):
+        report.note_upload_exceptions(0, "rid-0", log)
+        report.note_upload_exceptions(upload_exceptions({"exceptions": {secret: 1}}), "rid-1", log)
+        report.note_upload_exceptions(3, "rid-2", log)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "rid-1" in warnings[0] and "1 error(s)" in warnings[0]
+    assert secret not in caplog.text
+    assert report.upload_exception_answers == 2

@@ -669,7 +669,7 @@ def test_the_store_remembers_a_create_until_it_is_recorded(backend, tmp_path, re
         api_url="http://127.0.0.1:1/v5",
     )
     assert store.pending_create("VIP") == []
-    store.begin_create("VIP", ["a" * 64, "b" * 64])
+    store.begin_create("VIP", ["a" * 64, "b" * 64], 123.5)
     again = SnapshotStore(
         ad_account_id="549755885175",
         logger=logging.getLogger("test"),
@@ -678,7 +678,8 @@ def test_the_store_remembers_a_create_until_it_is_recorded(backend, tmp_path, re
         api_url="http://127.0.0.1:1/v5",
     )
     assert again.pending_create("VIP") == ["a" * 64, "b" * 64]
-    assert again.pending_create("Other") == []
+    assert again.pending_create_settles("VIP") == 123.5
+    assert again.pending_create("Other") == [] and again.pending_create_settles("Other") == 0
     again.end_create("VIP")
     assert store.pending_create("VIP") == []
     if backend == "sqlite":

@@ -7,6 +7,7 @@ one audience, and the snapshot confirms nothing Pinterest does not hold.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -332,7 +333,7 @@ def test_closing_a_postgres_snapshot_whose_query_was_interrupted_logs_no_traceba
     snapshot = store.open("42")
     assert snapshot is not None
     digest = "ab" * 32
-    snapshot.confirm(snapshot.journal("ADD", [digest]), "ADD", [digest], [])
+    snapshot.confirm(snapshot.journal("ADD", [digest], 0.0), "ADD", [digest], [])
     snapshot._conn.dbapi_connection.pgconn.send_query(b"SELECT pg_sleep(0.2)")
     with caplog.at_level(logging.INFO):
         snapshot.close()
@@ -366,3 +367,96 @@ def test_a_stopping_writer_does_not_wait_for_requests_cancelled_before_they_star
     waiter.start()
     waiter.join(timeout=5)
     assert not waiter.is_alive()
+
+
+def _kill_once_a_write_is_held(emulator, proc, method: str) -> None:
+    """SIGKILL the run 0.3 s after its first `method` write reached the emulator and is
+    held there (the emulator applies it later, as a server may after a client is gone)."""
+    deadline = time.monotonic() + 60
+    while not any(r["method"] == method and r["status"] is None for r in write_log(emulator)):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    time.sleep(0.3)
+    proc.kill()
+    proc.wait(timeout=30)
+
+
+def test_a_create_that_lands_after_a_kill_is_adopted_not_duplicated(
+    emulator, base_config, run_target, tmp_path
+):
+    """The killed run's create lands while the next run is already running: that run
+    waits for it (the create is journaled with the time it may land by) instead of
+    creating a second list of the same name."""
+    config = mirror_config(base_config, identifiers_per_request=20, request_timeout_seconds=3)
+    emulator.add_fault(
+        "delay", delay_ms=2500, methods=["POST"], path_contains="customer_lists", count=1
+    )
+    source = emails(range(60))
+    proc = start_cli(_write_config(tmp_path, config))
+    assert proc.stdin is not None
+    proc.stdin.write(_lines(rows(source)))
+    proc.stdin.close()
+    _kill_once_a_write_is_held(emulator, proc, "POST")
+
+    run = run_target(config, rows(source))  # at once: the create has not landed yet
+    assert run.returncode == 0, run.stderr
+    assert "looking for it" in run.stderr
+    assert len(lists_named(emulator, SEGMENT)) == 1
+    assert set(the_list(emulator)["members"]) == hashed(source)
+    assert len(emulator.state()["audiences"]) == 1
+
+
+def test_an_add_that_lands_after_a_kill_never_outlives_the_next_runs_remove(
+    emulator, base_config, run_target, tmp_path
+):
+    """A killed run's ADD still held by Pinterest must land before the next run's REMOVE
+    of the same identifiers, or the list keeps members the source no longer has (and the
+    snapshot, which saw the REMOVE confirmed, never removes them)."""
+    config = mirror_config(
+        base_config, request_timeout_seconds=3, max_concurrent_writes=1, allow_large_removal=True
+    )
+    kept, leaving = emails(range(50)), emails(range(50, 100))
+    assert run_target(config, rows(kept)).returncode == 0
+    emulator.add_fault("delay", delay_ms=2500, methods=["PATCH"], count=1)
+    proc = start_cli(_write_config(tmp_path, config))
+    assert proc.stdin is not None
+    proc.stdin.write(_lines(rows(kept + leaving)))
+    proc.stdin.close()
+    _kill_once_a_write_is_held(emulator, proc, "PATCH")
+
+    run = run_target(config, rows(kept))  # at once: the ADD of `leaving` is still held
+    assert run.returncode == 0, run.stderr
+    assert "may still land: waiting" in run.stderr
+    while any(r.get("status") is None for r in write_log(emulator)):
+        time.sleep(0.05)
+    assert set(the_list(emulator)["members"]) == hashed(kept)
+    again = run_target(config, rows(kept))
+    assert again.returncode == 0, again.stderr
+    assert set(the_list(emulator)["members"]) == hashed(kept)
+
+
+def test_signals_after_the_last_state_line_leave_the_exit_status_alone(
+    emulator, base_config, tmp_path
+):
+    """SIGTERMs from the moment the final STATE line is out until the process is gone
+    (an orchestrator stopping a job that is just exiting): the run succeeded and exits 0,
+    also during interpreter shutdown, when Python puts the default handlers back."""
+    import os
+
+    config = mirror_config(base_config)
+    proc = start_cli(_write_config(tmp_path, config))
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(_lines(rows(emails(range(20)))))
+    proc.stdin.close()
+    for line in proc.stdout:
+        if json.loads(line)["pinterest_audience"].get("complete"):
+            break
+    sent = 0
+    while proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+            sent += 1
+        time.sleep(0.001)
+    assert proc.wait(timeout=30) == 0, (sent, proc.stderr.read() if proc.stderr else "")
+    assert sent > 0
+    assert set(the_list(emulator)["members"]) == hashed(emails(range(20)))

@@ -75,6 +75,32 @@ def test_429_bursts_with_and_without_retry_after(emulator, base_config, run_targ
     assert statuses.count(429) == 7
 
 
+@pytest.mark.parametrize("status", [401, 403])
+def test_not_permitted_fails_at_once_without_spending_refresh_tokens(
+    emulator, base_config, run_target, status
+):
+    """Code 29 (FACTS: 401/403, not permitted) is not an expired token: a refresh would
+    rotate the refresh token for nothing and the advice would blame the scopes."""
+    emulator.add_fault("status", status=status, code=29, message="Not permitted", methods=["GET"])
+    config = {
+        **base_config,
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "refresh_token": REFRESH_TOKEN,
+    }
+    run = run_target(config, records(adds(3)))
+    assert run.returncode != 0
+    assert "code 29, not permitted" in run.stderr and "Business Access" in run.stderr
+    assert "scopes" not in run.stderr.splitlines()[-1]
+    requests_seen = emulator.state()["requests"]
+    assert not [r for r in requests_seen if r["path"].endswith("/oauth/token")]
+    assert len([r for r in requests_seen if r["method"] == "GET"]) == 1
+    assert not [r for r in requests_seen if r["method"] in ("POST", "PATCH")]
+    for secret in SECRETS:
+        assert secret not in run.stderr
+    assert "@example.com" not in run.stderr and "Traceback" not in run.stderr
+
+
 @pytest.mark.parametrize("status", [500, 502, 503])
 def test_server_errors_are_retried(emulator, base_config, run_target, status):
     emulator.add_fault("status", status=status, every=2, count=4)

@@ -295,6 +295,38 @@ def test_rerun_adopts_list_and_audience_by_name(emulator, base_config, run_targe
     assert run2.final["list_created"] is False and run2.final["audience_created"] is False
 
 
+def test_an_audience_name_taken_by_another_list_stops_before_any_write(
+    emulator, base_config, run_target
+):
+    """Two segments given one audience_name (a copied Meltano loader) must not make two
+    Audiences of that name: the second run stops before creating its list."""
+    first = run_target(
+        base_config, records([{"segment_name": "Buyers", "action": "add", "email": "a@x.com"}])
+    )
+    assert first.returncode == 0, first.stderr
+    n = len(writes(emulator))
+    for dry_run in (True, False):
+        second = run_target(
+            {**base_config, "dry_run": dry_run},
+            records([{"segment_name": "Lapsed", "action": "add", "email": "b@x.com"}]),
+        )
+        assert second.returncode != 0
+        assert "audience_name 'VIP audience' is taken" in second.stderr, second.stderr
+        assert f"Customer List {first.final['segment_id']}" in second.stderr
+        assert "its own audience_name" in second.stderr
+        assert "b@x.com" not in second.stderr
+        assert len(writes(emulator)) == n
+        assert lists_named(emulator, "Lapsed") == []
+        assert len(emulator.state()["audiences"]) == 1
+    # Its own audience_name goes through.
+    third = run_target(
+        {**base_config, "audience_name": "Lapsed audience"},
+        records([{"segment_name": "Lapsed", "action": "add", "email": "b@x.com"}]),
+    )
+    assert third.returncode == 0, third.stderr
+    assert len(emulator.state()["audiences"]) == 2
+
+
 def test_several_lists_of_the_segment_name_stop_the_run(emulator, base_config, run_target):
     for _ in range(2):
         emulator_post_list(emulator, "Dup")
@@ -560,3 +592,30 @@ def test_odd_message_types_are_not_echoed(emulator, base_config, run_target):
     run = run_target(base_config, json.dumps(SCHEMA) + "\n" + line + "\n")
     assert run.returncode != 0
     assert "input line 2" in run.stderr and "leak3" not in run.stderr
+
+
+def test_null_settings_take_their_defaults(emulator, base_config, run_target):
+    """Meltano and hand-written configs pass unset values as null; the settings schema
+    allows it for these numbers, so each must mean its default, not crash the run (the
+    enumerated settings refuse null at start-up, naming the setting)."""
+    nulls = {
+        key: None
+        for key in (
+            "identifiers_per_request",
+            "checkpoint_interval_seconds",
+            "max_concurrent_writes",
+            "max_removal_fraction",
+            "progress_interval_seconds",
+            "retry_max_seconds",
+            "retry_base_delay_seconds",
+            "retry_max_delay_seconds",
+            "max_writes_per_minute",
+            "max_reads_per_minute",
+            "request_timeout_seconds",
+        )
+    }
+    rows = [{"segment_name": "Nulls", "action": "add", "email": f"u{i}@x.com"} for i in range(3)]
+    run = run_target({**base_config, **nulls}, records(rows))
+    assert run.returncode == 0, run.stderr
+    (found,) = lists_named(emulator, "Nulls")
+    assert set(found["members"]) == {email_hash(f"u{i}@x.com") for i in range(3)}
