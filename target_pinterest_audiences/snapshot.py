@@ -60,6 +60,8 @@ _LOG = "pinterest_audience_snapshot_log"
 _CREATES = "pinterest_audience_snapshot_creates"
 #: First line of a SQLite store's create file: when its create has landed or never will.
 _SETTLE_PREFIX = "settle_until "
+#: What a write left in flight by a dead run may still do (Snapshot.landing).
+_ADD_BIT, _REMOVE_BIT = 1, 2
 #: States in the log: confirmed member, confirmed gone, in doubt (may or may not be in).
 MEMBER, GONE, IN_DOUBT = 1, 0, 2
 
@@ -552,9 +554,11 @@ class Snapshot:
             self.list_type: str | None = (row[1] if row else None) or list_type
             self._codec = KeyCodec(self.list_type)
             #: When (time.time()) the writes a dead run left unanswered have landed or
-            #: never will: nothing may be written to the list before (a late ADD would
-            #: undo a newer REMOVE). 0: nothing pending.
+            #: never will (0: none may still land), and what each may still do to its
+            #: identifiers (bits: ADD 1, REMOVE 2). Until then no opposite action may be
+            #: sent for them: the late write would undo it (see must_wait_before).
             self.settle_until = 0.0
+            self.landing: dict[str, int] = {}
             #: Per journal entry of this run: the settle time stored for it.
             self._settles: dict[int, float] = {}
             # Writes left unanswered by a run that died are in doubt: a dry run must see
@@ -598,16 +602,21 @@ class Snapshot:
         """Journal rows left by a run that died: their identifiers are now in doubt, and
         `settle_until` says until when one of those writes may still land."""
         entries = self._exec(
-            f"SELECT entry, records, settle_until FROM {_JOURNAL} WHERE list_key = ?",
+            f"SELECT entry, op, records, settle_until FROM {_JOURNAL} WHERE list_key = ?",
             (self._key,),
         ).fetchall()
         doubtful = 0
-        for entry, records, settle_until in entries:
+        now = time.time()
+        for entry, op, records, settle_until in entries:
             hashes = [h for h in records.split(",") if h]
             self._append(hashes, IN_DOUBT)
             self._exec(f"DELETE FROM {_JOURNAL} WHERE entry = ?", (entry,))
             doubtful += len(hashes)
-            self.settle_until = max(self.settle_until, float(settle_until or 0.0))
+            if float(settle_until or 0.0) > now:  # may still land: remember what it does
+                self.settle_until = max(self.settle_until, float(settle_until))
+                bit = _ADD_BIT if op == "ADD" else _REMOVE_BIT
+                for digest in hashes:
+                    self.landing[digest] = self.landing.get(digest, 0) | bit
         self._conn.commit()
         if doubtful:
             self.logger.warning(
@@ -679,6 +688,22 @@ class Snapshot:
             self._conn.commit()
             self._settles[entry] = settle_until
             return entry
+
+    def must_wait_before(self, operation: str, hashes: Sequence[str]) -> float:
+        """Seconds to wait before sending `operation` for `hashes`: until a dead run's write
+        of the opposite action, still able to land, has landed (0: send now). Re-sending the
+        same action needs no wait: a late duplicate changes nothing."""
+        if not self.landing:
+            return 0.0
+        wait = self.settle_until - time.time()
+        if wait <= 0:
+            self.landing.clear()
+            return 0.0
+        opposite = _REMOVE_BIT if operation == "ADD" else _ADD_BIT
+        landing = self.landing
+        if any(landing.get(h, 0) & opposite for h in hashes):
+            return min(wait, MAX_SETTLE_WAIT_SECONDS)
+        return 0.0
 
     def extend_settle(self, entry: int, settle_until: float) -> None:
         """Another attempt of a journaled write goes out: it may land until `settle_until`."""

@@ -35,7 +35,7 @@ from target_pinterest_audiences.resolver import (
     describe_list_type,
     list_kind,
 )
-from target_pinterest_audiences.snapshot import MAX_SETTLE_WAIT_SECONDS, SnapshotStore
+from target_pinterest_audiences.snapshot import SnapshotStore
 from target_pinterest_audiences.status import confirmed_members
 from target_pinterest_audiences.tokens import AuthError
 from target_pinterest_audiences.writer import Writer
@@ -362,14 +362,6 @@ class Uploader:
                 list_created_time=self.resolver.list_created_time,
             )
         snapshot = self.writer.snapshot
-        if snapshot is not None and not snapshot.readonly:
-            # A run that stopped may have left writes in flight: one landing after ours
-            # would undo them (a late ADD after our REMOVE), so let them land first.
-            self._wait_until(
-                snapshot.settle_until,
-                f"writes to Customer List {list_id} left unanswered by a run that stopped may "
-                "still land",
-            )
         made_here = False
         name = self.report.segment_name
         if snapshot is not None and not created and self.resolver.found_by_name and name:
@@ -398,15 +390,6 @@ class Uploader:
                     list_id,
                     self.store.where,
                 )
-
-    def _wait_until(self, settle_until: float, why: str) -> None:
-        """Write nothing before `settle_until` (time.time()); a signal ends the wait."""
-        wait = min(settle_until - time.time(), MAX_SETTLE_WAIT_SECONDS)
-        if wait <= 0 or self.client is None:
-            return
-        self.logger.warning("%s: waiting %.0f s before writing to it", why, wait)
-        if self.client.stop_event.wait(wait):
-            raise Interrupted("stopped while waiting for an earlier run's writes to land")
 
     def _attach_existing(self, list_id: str) -> None:
         """An existing list: its snapshot, then its kind checked against the run's."""

@@ -157,6 +157,8 @@ class Writer:
                 for digest in chunk:
                     if digest in self.in_doubt:
                         self.in_doubt[digest] = operation == "ADD"
+        if self.snapshot is not None and self.snapshot.landing:
+            self._let_dead_runs_writes_land(operation, chunk)
         entry = self.snapshot.journal(operation, chunk, self._lands_by()) if self.snapshot else None
         if self._pool is None:
             self._send_chunk(operation, chunk, count, entry)
@@ -240,6 +242,24 @@ class Writer:
                 with self._lock:
                     self.report.note_upload_exceptions(entries, self.client.last_rid, self.logger)
         self._confirmed(operation, chunk, entry)
+
+    def _let_dead_runs_writes_land(self, operation: str, chunk: list[str]) -> None:
+        """A run that stopped may have left a write of the opposite action in flight for
+        some of these: sent now, ours could land first and be undone by it for good."""
+        assert self.snapshot is not None and self.client is not None
+        wait = self.snapshot.must_wait_before(operation, chunk)
+        if wait <= 0:
+            return
+        self.logger.warning(
+            "Customer List %s: a write left unanswered by a run that stopped may still land "
+            "and would undo this %s: waiting %.0f s for it first",
+            self.list_id,
+            operation,
+            wait,
+        )
+        if self.client.stop_event.wait(wait):
+            raise Interrupted("stopped while waiting for an earlier run's writes to land")
+        self.snapshot.landing.clear()
 
     def _lands_by(self) -> float:
         """time.time() by which a write sent now has landed or never will: one request

@@ -426,7 +426,7 @@ def test_an_add_that_lands_after_a_kill_never_outlives_the_next_runs_remove(
 
     run = run_target(config, rows(kept))  # at once: the ADD of `leaving` is still held
     assert run.returncode == 0, run.stderr
-    assert "may still land: waiting" in run.stderr
+    assert "would undo this REMOVE: waiting" in run.stderr
     while any(r.get("status") is None for r in write_log(emulator)):
         time.sleep(0.05)
     assert set(the_list(emulator)["members"]) == hashed(kept)
@@ -460,3 +460,28 @@ def test_signals_after_the_last_state_line_leave_the_exit_status_alone(
     assert proc.wait(timeout=30) == 0, (sent, proc.stderr.read() if proc.stderr else "")
     assert sent > 0
     assert set(the_list(emulator)["members"]) == hashed(emails(range(20)))
+
+
+def test_the_same_run_again_right_after_a_kill_does_not_wait_for_its_adds(
+    emulator, base_config, run_target, tmp_path
+):
+    """Re-sending the action a held write carries is harmless whenever that write lands:
+    only an opposite action waits, so re-running the same source starts writing at once."""
+    config = mirror_config(base_config, request_timeout_seconds=30, max_concurrent_writes=1)
+    kept, joining = emails(range(50)), emails(range(50, 100))
+    assert run_target(config, rows(kept)).returncode == 0
+    emulator.add_fault("delay", delay_ms=2500, methods=["PATCH"], count=1)
+    proc = start_cli(_write_config(tmp_path, config))
+    assert proc.stdin is not None
+    proc.stdin.write(_lines(rows(kept + joining)))
+    proc.stdin.close()
+    _kill_once_a_write_is_held(emulator, proc, "PATCH")
+
+    started = time.monotonic()
+    run = run_target(config, rows(kept + joining))
+    assert run.returncode == 0, run.stderr
+    assert time.monotonic() - started < 20  # not the 35 s the held write may take
+    assert "waiting" not in run.stderr
+    while any(r.get("status") is None for r in write_log(emulator)):
+        time.sleep(0.05)
+    assert set(the_list(emulator)["members"]) == hashed(kept + joining)
