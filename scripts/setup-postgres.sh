@@ -161,12 +161,13 @@ done
 run_pg "$BINDIR/pg_isready" -h "$PG_SOCK" -p "$PORT" >&2 || die "server not ready (see $PG_LOG)"
 
 # Role and database, created only when missing (password reset to the configured one).
+# CREATEROLE: a test makes a second role, to use a snapshot store another role owns.
 sql_pw="${PG_PASSWORD//\'/\'\'}"
 if [[ "$(psql_su -c "SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER'")" != 1 ]]; then
-  psql_su -c "CREATE ROLE \"$PG_USER\" LOGIN PASSWORD '$sql_pw' CREATEDB"
+  psql_su -c "CREATE ROLE \"$PG_USER\" LOGIN PASSWORD '$sql_pw' CREATEDB CREATEROLE"
   log "created role $PG_USER"
 else
-  psql_su -c "ALTER ROLE \"$PG_USER\" LOGIN PASSWORD '$sql_pw'"
+  psql_su -c "ALTER ROLE \"$PG_USER\" LOGIN PASSWORD '$sql_pw' CREATEDB CREATEROLE"
 fi
 if [[ "$(psql_su -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != 1 ]]; then
   psql_su -c "CREATE DATABASE \"$PG_DB\" OWNER \"$PG_USER\""

@@ -290,7 +290,11 @@ class PinterestClient:
                 continue
             limiter.acquire()
             if on_send is not None:
-                on_send()
+                try:
+                    on_send()
+                except BaseException:
+                    limiter.release()  # nothing was sent
+                    raise
             try:
                 response = self.session.request(
                     method,

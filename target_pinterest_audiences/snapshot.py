@@ -62,6 +62,9 @@ _CREATES = "pinterest_audience_snapshot_creates"
 _SETTLE_PREFIX = "settle_until "
 #: What a write left in flight by a dead run may still do (Snapshot.landing).
 _ADD_BIT, _REMOVE_BIT = 1, 2
+#: Prefix of a journal row's op once a later run took its identifiers as in doubt; the row
+#: is kept only while its write may still land (for the wait), never taken as in doubt again.
+_RECOVERED = "recovered "
 #: States in the log: confirmed member, confirmed gone, in doubt (may or may not be in).
 MEMBER, GONE, IN_DOUBT = 1, 0, 2
 
@@ -90,10 +93,10 @@ _POSTGRES_DDL = (
     "h BYTEA NOT NULL, state SMALLINT NOT NULL)",
     f"CREATE TABLE IF NOT EXISTS {_CREATES} (ad_account_id TEXT NOT NULL, name TEXT NOT NULL, "
     "records TEXT NOT NULL, settle_until DOUBLE PRECISION, PRIMARY KEY (ad_account_id, name))",
-    # Stores made before the column existed.
-    f"ALTER TABLE {_JOURNAL} ADD COLUMN IF NOT EXISTS settle_until DOUBLE PRECISION",
-    f"ALTER TABLE {_CREATES} ADD COLUMN IF NOT EXISTS settle_until DOUBLE PRECISION",
 )
+#: Tables of stores made before their settle_until column existed (PostgreSQL: added only
+#: when missing; an ALTER needs the table's owner and an exclusive lock, even a no-op one).
+_SETTLE_COLUMN_TABLES = (_JOURNAL, _CREATES)
 #: SQLite has no ADD COLUMN IF NOT EXISTS: run, and ignore "duplicate column".
 _SQLITE_MIGRATIONS = (f"ALTER TABLE {_JOURNAL} ADD COLUMN settle_until REAL",)
 #: Longest wait for writes left in flight by a run that stopped (a clock that jumped must
@@ -452,6 +455,17 @@ class SnapshotStore:
         cursor.execute("SELECT pg_advisory_xact_lock(7312649501)")
         for statement in _POSTGRES_DDL:
             cursor.execute(statement)
+        cursor.execute(
+            "SELECT table_name FROM information_schema.columns WHERE table_schema = "
+            "current_schema() AND column_name = 'settle_until' AND table_name IN (%s, %s)",
+            _SETTLE_COLUMN_TABLES,
+        )
+        have = {row[0] for row in cursor.fetchall()}
+        for table in _SETTLE_COLUMN_TABLES:
+            if table not in have:
+                cursor.execute(
+                    f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS settle_until DOUBLE PRECISION"
+                )
         conn.commit()
         self._pg_ready = True
 
@@ -609,14 +623,26 @@ class Snapshot:
         now = time.time()
         for entry, op, records, settle_until in entries:
             hashes = [h for h in records.split(",") if h]
-            self._append(hashes, IN_DOUBT)
-            self._exec(f"DELETE FROM {_JOURNAL} WHERE entry = ?", (entry,))
-            doubtful += len(hashes)
-            if float(settle_until or 0.0) > now:  # may still land: remember what it does
+            seen_before = op.startswith(_RECOVERED)
+            action = op[len(_RECOVERED) :] if seen_before else op
+            if not seen_before:
+                # Once: later confirmed writes must be able to settle these again.
+                self._append(hashes, IN_DOUBT)
+                doubtful += len(hashes)
+            if float(settle_until or 0.0) > now:
+                # May still land: remember what it does, and keep the row until it cannot
+                # (a dry run, or a run that stops first, must not take the wait away from
+                # the next run).
                 self.settle_until = max(self.settle_until, float(settle_until))
-                bit = _ADD_BIT if op == "ADD" else _REMOVE_BIT
+                bit = _ADD_BIT if action == "ADD" else _REMOVE_BIT
                 for digest in hashes:
                     self.landing[digest] = self.landing.get(digest, 0) | bit
+                if not seen_before:
+                    self._exec(
+                        f"UPDATE {_JOURNAL} SET op = ? WHERE entry = ?", (_RECOVERED + op, entry)
+                    )
+            else:
+                self._exec(f"DELETE FROM {_JOURNAL} WHERE entry = ?", (entry,))
         self._conn.commit()
         if doubtful:
             self.logger.warning(

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -700,3 +702,115 @@ def test_a_killed_runs_temporary_files_are_removed_by_the_next_run(
     (orphan / "run.sqlite").write_bytes(b"x")
     assert run_target(mirror_config(base_config), rows(emails(range(3)))).returncode == 0
     assert not orphan.exists()
+
+
+_OLD_JOURNAL = (
+    "CREATE TABLE pinterest_audience_snapshot_journal (entry {serial} PRIMARY KEY, list_key "
+    "{int} NOT NULL, op TEXT NOT NULL, records TEXT NOT NULL)"
+)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_store_made_before_settle_times_gains_them_and_keeps_a_landing_write(
+    backend, tmp_path, request
+):
+    """Stores made by the release before keep working: the journal gains settle_until, and
+    a write a dead run left in flight is kept (and waited for) until it can no longer land,
+    whoever opens the snapshot first."""
+    import logging
+
+    from target_pinterest_audiences.snapshot import SnapshotStore
+
+    url = request.getfixturevalue("snapshot_database")[0] if backend == "postgres" else None
+
+    def store() -> SnapshotStore:
+        return SnapshotStore(
+            ad_account_id="549755885175",
+            logger=logging.getLogger("test"),
+            directory=tmp_path / "snapshots",
+            url=url,
+            api_url="http://127.0.0.1:1/v5",
+        )
+
+    if url:
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            conn.execute(_OLD_JOURNAL.format(serial="BIGSERIAL", int="BIGINT"))
+    else:
+        made = store()
+        made.directory.mkdir(parents=True)
+        account = re.sub(r"[^A-Za-z0-9_.@-]+", "_", made.ad_account_id)
+        with sqlite3.connect(made.directory / f"snapshot-{account}-77.sqlite") as conn:
+            conn.execute(_OLD_JOURNAL.format(serial="INTEGER", int="INTEGER"))
+    digest = "a" * 64
+    first = store()
+    snapshot = first.open("77")
+    assert snapshot is not None
+    snapshot.journal("ADD", [digest], time.time() + 60)  # then the run is killed
+    first.close()
+
+    for readonly in (True, False, False):  # a dry run first, then two real runs
+        later = store()
+        again = later.open("77", readonly=readonly, recover=True)
+        assert again is not None
+        # Taken as in doubt once only: a later run's confirmed writes are not undone.
+        assert again.in_doubt_recovered == (1 if readonly else 0)
+        assert again.must_wait_before("REMOVE", [digest]) > 50
+        assert again.must_wait_before("ADD", [digest]) == 0  # the same action: no wait
+        again.close()
+        later.close()
+
+
+def test_a_postgres_role_that_does_not_own_the_tables_can_use_them(snapshot_database, tmp_path):
+    """A shared store: the tables made by one role, runs made by another with rights on
+    them. Nothing may need the owner (an ALTER, even a no-op one, does)."""
+    import logging
+
+    import psycopg
+
+    from target_pinterest_audiences.snapshot import SnapshotStore
+
+    url, _name = snapshot_database
+
+    def store(at: str) -> SnapshotStore:
+        return SnapshotStore(
+            ad_account_id="549755885175",
+            logger=logging.getLogger("test"),
+            directory=tmp_path / "snapshots",
+            url=at,
+            api_url="http://127.0.0.1:1/v5",
+        )
+
+    made = store(url)
+    first = made.open("77")
+    assert first is not None
+    first.close()
+    made.close()
+    role = f"tpa_runner_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'runner-pw'")
+        admin.execute(f"GRANT USAGE, CREATE ON SCHEMA public TO {role}")
+        admin.execute(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
+        )
+        admin.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    try:
+        runner_url = re.sub(r"//[^@]*@", f"//{role}:runner-pw@", url, count=1)
+        runner = store(runner_url)
+        snapshot = runner.open("77")
+        assert snapshot is not None
+        entry = snapshot.journal("ADD", ["b" * 64], time.time() + 30)
+        snapshot.confirm(entry, "ADD", ["b" * 64], [])
+        assert snapshot.count() == 1
+        snapshot.close()
+        runner.begin_create("VIP", ["c" * 64], time.time() + 30)
+        assert runner.pending_create("VIP") == ["c" * 64]
+        runner.end_create("VIP")
+        runner.close()
+    finally:
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
+            admin.execute(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {role}")
+            admin.execute(f"REVOKE ALL ON SCHEMA public FROM {role}")
+            admin.execute(f"DROP ROLE {role}")

@@ -424,6 +424,9 @@ def test_an_add_that_lands_after_a_kill_never_outlives_the_next_runs_remove(
     proc.stdin.close()
     _kill_once_a_write_is_held(emulator, proc, "PATCH")
 
+    # A dry run first: it sees the writes in doubt, and must leave the wait to the real run.
+    dry = run_target({**config, "dry_run": True}, rows(kept))
+    assert dry.returncode == 0, dry.stderr
     run = run_target(config, rows(kept))  # at once: the ADD of `leaving` is still held
     assert run.returncode == 0, run.stderr
     assert "would undo this REMOVE: waiting" in run.stderr
