@@ -13,6 +13,8 @@ from typing import Any
 #: Customer List statuses under which an upload is not matched yet: the audience's size
 #: does not count it, so size / confirmed members would be wrong (FACTS: 24-48 h).
 MATCHING_LIST_STATUSES = frozenset({"PROCESSING", "UPLOADING"})
+#: Said for a list whose status could not be read: whether it still matches is unknown.
+LIST_STATUS_UNREAD = "(not read)"
 
 
 def match_rate(
@@ -25,7 +27,9 @@ def match_rate(
     identifier sent, even one already in (or absent from) the list. While the list still
     matches an upload, `size` counts the members before it, not the confirmed ones.
     """
-    if size is None or not confirmed_members or list_status in MATCHING_LIST_STATUSES:
+    if size is None or not confirmed_members:
+        return None
+    if list_status in MATCHING_LIST_STATUSES or list_status == LIST_STATUS_UNREAD:
         return None
     return size / confirmed_members
 
@@ -46,6 +50,11 @@ def match_rate_unknown_reasons(
             )
         else:
             reasons.append(f"Pinterest reports no size for the audience (status {audience_status})")
+    elif list_status == LIST_STATUS_UNREAD:
+        reasons.append(
+            "the Customer List's status could not be read, so whether Pinterest still matches "
+            "the latest upload is unknown (see the warning above)"
+        )
     elif list_status in MATCHING_LIST_STATUSES:
         reasons.append(
             f"Pinterest is still matching the latest upload (Customer List status {list_status}): "

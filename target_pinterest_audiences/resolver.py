@@ -22,7 +22,7 @@ from target_pinterest_audiences.client import (
     upload_exceptions,
 )
 from target_pinterest_audiences.identifiers import EXTERNAL
-from target_pinterest_audiences.report import Report, as_size
+from target_pinterest_audiences.report import LIST_STATUS_UNREAD, Report, as_size
 from target_pinterest_audiences.snapshot import MAX_SETTLE_WAIT_SECONDS
 
 #: Stands for the list a dry run would have created, so later batches count as updates.
@@ -254,11 +254,18 @@ class Resolver:
         list_id = (audience.get("rule") or {}).get("customer_list_id") or self.report.segment_id
         list_status = None
         if list_id:
-            customer_list = self.client.request(
-                "GET", f"/ad_accounts/{self.account}/customer_lists/{list_id}", deadline=deadline
-            )
-            found = customer_list.get("status")
-            list_status = found if isinstance(found, str) else None
+            try:
+                customer_list = self.client.request(
+                    "GET",
+                    f"/ad_accounts/{self.account}/customer_lists/{list_id}",
+                    deadline=deadline,
+                )
+            except TargetError as exc:  # the Audience's own figures still stand
+                self.logger.warning("Could not read the Customer List's status: %s", exc)
+                list_status = LIST_STATUS_UNREAD
+            else:
+                found = customer_list.get("status")
+                list_status = found if isinstance(found, str) else None
         status = audience.get("status")
         self.report.record_audience(
             status if isinstance(status, str) else None,

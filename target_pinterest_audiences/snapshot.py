@@ -65,6 +65,8 @@ _ADD_BIT, _REMOVE_BIT = 1, 2
 #: Prefix of a journal row's op once a later run took its identifiers as in doubt; the row
 #: is kept only while its write may still land (for the wait), never taken as in doubt again.
 _RECOVERED = "recovered "
+#: The op of a kept row whose identifiers an attempt of either action may still reach.
+_EITHER = "ADD or REMOVE"
 #: States in the log: confirmed member, confirmed gone, in doubt (may or may not be in).
 MEMBER, GONE, IN_DOUBT = 1, 0, 2
 
@@ -634,7 +636,7 @@ class Snapshot:
                 # (a dry run, or a run that stops first, must not take the wait away from
                 # the next run).
                 self.settle_until = max(self.settle_until, float(settle_until))
-                bit = _ADD_BIT if action == "ADD" else _REMOVE_BIT
+                bit = {"ADD": _ADD_BIT, _EITHER: _ADD_BIT | _REMOVE_BIT}.get(action, _REMOVE_BIT)
                 for digest in hashes:
                     self.landing[digest] = self.landing.get(digest, 0) | bit
                 if not seen_before:
@@ -750,8 +752,17 @@ class Snapshot:
         with self._lock:
             self._append(applied, MEMBER if operation == "ADD" else GONE)
             self._append(doubtful, IN_DOUBT)
-            if entry is not None:
+            if entry is not None and doubtful:
+                # A timed-out attempt (of this request or of an earlier one, of either
+                # action) may still land within this row's settle time: kept for a run
+                # that starts after a kill, as a row already taken as in doubt.
+                self._exec(
+                    f"UPDATE {_JOURNAL} SET op = ?, records = ? WHERE entry = ?",
+                    (_RECOVERED + _EITHER, ",".join(doubtful), entry),
+                )
+            elif entry is not None:
                 self._exec(f"DELETE FROM {_JOURNAL} WHERE entry = ?", (entry,))
+            if entry is not None:
                 self._settles.pop(entry, None)
             self._conn.commit()
 

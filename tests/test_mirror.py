@@ -814,3 +814,44 @@ def test_a_postgres_role_that_does_not_own_the_tables_can_use_them(snapshot_data
             admin.execute(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {role}")
             admin.execute(f"REVOKE ALL ON SCHEMA public FROM {role}")
             admin.execute(f"DROP ROLE {role}")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_confirmed_write_with_identifiers_in_doubt_keeps_their_settle_time(
+    backend, tmp_path, request
+):
+    """A retry answered while an earlier attempt that timed out may still land: the next
+    run (after a kill) waits before any action on those identifiers, not on the others,
+    and does not take them as in doubt a second time."""
+    import logging
+
+    from target_pinterest_audiences.snapshot import SnapshotStore
+
+    url = request.getfixturevalue("snapshot_database")[0] if backend == "postgres" else None
+
+    def store() -> SnapshotStore:
+        return SnapshotStore(
+            ad_account_id="549755885175",
+            logger=logging.getLogger("test"),
+            directory=tmp_path / "snapshots",
+            url=url,
+            api_url="http://127.0.0.1:1/v5",
+        )
+
+    applied, doubtful = "a" * 64, "b" * 64
+    first = store()
+    snapshot = first.open("78")
+    assert snapshot is not None
+    entry = snapshot.journal("REMOVE", [applied, doubtful], time.time() + 60)
+    snapshot.confirm(entry, "REMOVE", [applied], [doubtful])
+    first.close()  # then the run is killed before it reconciles
+
+    later = store()
+    again = later.open("78")
+    assert again is not None
+    assert again.in_doubt_recovered == 0  # confirm() already recorded the doubt
+    assert again.must_wait_before("ADD", [applied]) == 0
+    assert again.must_wait_before("ADD", [doubtful]) > 50
+    assert again.must_wait_before("REMOVE", [doubtful]) > 50
+    again.close()
+    later.close()

@@ -376,3 +376,26 @@ def test_a_dry_run_does_not_read_the_audience(emulator, base_config, run_target)
     assert report["audience_status"] is None and report["match_rate"] is None
     later = emulator.state()["requests"][reads_before:]
     assert not [r for r in later if "/audiences/" in r["path"]]
+
+
+def test_a_failed_read_of_the_list_keeps_the_audience_figures(emulator, base_config, run_target):
+    """The list's status only says whether the size is current: when it cannot be read, the
+    Audience's status and size still stand and the match rate is unknown, saying why."""
+    first = run_target(base_config, adds(150))
+    assert first.returncode == 0, first.stderr
+    emulator.add_fault(
+        "status",
+        status=404,
+        code=2,
+        message="Not found",
+        methods=["GET"],
+        path_contains=f"customer_lists/{first.final['segment_id']}",
+        count=1,
+    )
+    second = run_target(base_config, adds(10, start=150))
+    assert second.returncode == 0, second.stderr
+    assert second.final["audience_status"] == "READY"
+    assert second.final["audience_size"] == 160
+    assert second.final["match_rate"] is None
+    assert "Could not read the Customer List's status" in second.stderr
+    assert "status could not be read" in second.stderr
