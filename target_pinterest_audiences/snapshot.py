@@ -60,8 +60,6 @@ _LOG = "pinterest_audience_snapshot_log"
 _CREATES = "pinterest_audience_snapshot_creates"
 #: First line of a SQLite store's create file: when its create has landed or never will.
 _SETTLE_PREFIX = "settle_until "
-#: What a write left in flight by a dead run may still do (Snapshot.landing).
-_ADD_BIT, _REMOVE_BIT = 1, 2
 #: Prefix of a journal row's op once a later run took its identifiers as in doubt; the row
 #: is kept only while its write may still land (for the wait), never taken as in doubt again.
 _RECOVERED = "recovered "
@@ -570,11 +568,11 @@ class Snapshot:
             self.list_type: str | None = (row[1] if row else None) or list_type
             self._codec = KeyCodec(self.list_type)
             #: When (time.time()) the writes a dead run left unanswered have landed or
-            #: never will (0: none may still land), and what each may still do to its
-            #: identifiers (bits: ADD 1, REMOVE 2). Until then no opposite action may be
-            #: sent for them: the late write would undo it (see must_wait_before).
+            #: never will (0: none may still land), and per identifier until when an ADD
+            #: and until when a REMOVE of it may still land. Until then the opposite action
+            #: may not be sent: the late write would undo it (see must_wait_before).
             self.settle_until = 0.0
-            self.landing: dict[str, int] = {}
+            self.landing: dict[str, tuple[float, float]] = {}
             #: Per journal entry of this run: the settle time stored for it.
             self._settles: dict[int, float] = {}
             # Writes left unanswered by a run that died are in doubt: a dry run must see
@@ -635,10 +633,14 @@ class Snapshot:
                 # May still land: remember what it does, and keep the row until it cannot
                 # (a dry run, or a run that stops first, must not take the wait away from
                 # the next run).
-                self.settle_until = max(self.settle_until, float(settle_until))
-                bit = {"ADD": _ADD_BIT, _EITHER: _ADD_BIT | _REMOVE_BIT}.get(action, _REMOVE_BIT)
+                until = float(settle_until)
+                self.settle_until = max(self.settle_until, until)
+                add = until if action in ("ADD", _EITHER) else 0.0
+                remove = until if action in ("REMOVE", _EITHER) else 0.0
+                landing = self.landing
                 for digest in hashes:
-                    self.landing[digest] = self.landing.get(digest, 0) | bit
+                    was_add, was_remove = landing.get(digest, (0.0, 0.0))
+                    landing[digest] = (max(was_add, add), max(was_remove, remove))
                 if not seen_before:
                     self._exec(
                         f"UPDATE {_JOURNAL} SET op = ? WHERE entry = ?", (_RECOVERED + op, entry)
@@ -723,15 +725,14 @@ class Snapshot:
         same action needs no wait: a late duplicate changes nothing."""
         if not self.landing:
             return 0.0
-        wait = self.settle_until - time.time()
-        if wait <= 0:
+        now = time.time()
+        if self.settle_until <= now:
             self.landing.clear()
             return 0.0
-        opposite = _REMOVE_BIT if operation == "ADD" else _ADD_BIT
+        opposite = 1 if operation == "ADD" else 0  # a late REMOVE undoes an ADD, and back
         landing = self.landing
-        if any(landing.get(h, 0) & opposite for h in hashes):
-            return min(wait, MAX_SETTLE_WAIT_SECONDS)
-        return 0.0
+        until = max((landing[h][opposite] for h in hashes if h in landing), default=0.0)
+        return min(max(0.0, until - now), MAX_SETTLE_WAIT_SECONDS)
 
     def extend_settle(self, entry: int, settle_until: float) -> None:
         """Another attempt of a journaled write goes out: it may land until `settle_until`."""

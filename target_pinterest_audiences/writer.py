@@ -259,7 +259,6 @@ class Writer:
         )
         if self.client.stop_event.wait(wait):
             raise Interrupted("stopped while waiting for an earlier run's writes to land")
-        self.snapshot.landing.clear()
 
     def _lands_by(self) -> float:
         """time.time() by which a write sent now has landed or never will: one request

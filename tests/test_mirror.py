@@ -855,3 +855,38 @@ def test_a_confirmed_write_with_identifiers_in_doubt_keeps_their_settle_time(
     assert again.must_wait_before("REMOVE", [doubtful]) > 50
     again.close()
     later.close()
+
+
+def test_the_wait_is_for_the_writes_that_conflict_not_the_latest_of_all(tmp_path):
+    """Two writes left in flight: an ADD of x that may land for 20 s more, an ADD of y
+    retried later (60 s). A REMOVE of x waits for x's write only."""
+    import logging
+
+    from target_pinterest_audiences.snapshot import SnapshotStore
+
+    def store() -> SnapshotStore:
+        return SnapshotStore(
+            ad_account_id="549755885175",
+            logger=logging.getLogger("test"),
+            directory=tmp_path / "snapshots",
+            api_url="http://127.0.0.1:1/v5",
+        )
+
+    x, y = "a" * 64, "b" * 64
+    first = store()
+    snapshot = first.open("79")
+    assert snapshot is not None
+    now = time.time()
+    snapshot.journal("ADD", [x], now + 20)
+    snapshot.journal("ADD", [y], now + 60)
+    first.close()  # killed
+
+    later = store()
+    again = later.open("79")
+    assert again is not None
+    assert 15 < again.must_wait_before("REMOVE", [x]) <= 20
+    assert 55 < again.must_wait_before("REMOVE", [x, y]) <= 60
+    assert again.must_wait_before("ADD", [x, y]) == 0
+    assert again.must_wait_before("REMOVE", ["c" * 64]) == 0
+    again.close()
+    later.close()
