@@ -44,6 +44,24 @@ class TargetError(RuntimeError):
     """An error a user can act on; its message says what, where and what to do."""
 
 
+_NOT_PERMITTED = (
+    "Pinterest says the connected user may not do this (code 29, not permitted): check in Ads "
+    "Manager (Business Access) that the user who connected has access to this ad account with "
+    "a role that may manage audiences, then reconnect with `target-pinterest-audiences-admin "
+    "connect`"
+)
+#: Refusals (HTTP status, Pinterest code) that no token refresh can cure, with what to do
+#: (FACTS: code 3 = missing scopes on 401; code 29 = not permitted, on 401 or 403).
+_NO_REFRESH_HELPS: dict[tuple[int, int | None], str] = {
+    (401, 3): (
+        "The token lacks the scopes this needs (ads:read, ads:write): reconnect with "
+        "`target-pinterest-audiences-admin connect`, which asks for both"
+    ),
+    (401, 29): _NOT_PERMITTED,
+    (403, 29): _NOT_PERMITTED,
+}
+
+
 class PinterestAPIError(TargetError):
     """Pinterest refused a request; carries status, Pinterest's code and the request id."""
 
@@ -336,31 +354,9 @@ class PinterestClient:
                 if 200 <= status < 300:
                     return _json_body(response)
                 code, message = _error_fields(response)
-                if status == 401 and code == 3:
-                    raise PinterestAPIError(
-                        method,
-                        path,
-                        status,
-                        code,
-                        message,
-                        rid,
-                        "The token lacks the scopes this needs (ads:read, ads:write): reconnect "
-                        "with `target-pinterest-audiences-admin connect`, which asks for both",
-                    )
-                if status in (401, 403) and code == 29:
-                    # "Not permitted" (FACTS: 401 or 403): a fresh token would be refused too.
-                    raise PinterestAPIError(
-                        method,
-                        path,
-                        status,
-                        code,
-                        message,
-                        rid,
-                        "Pinterest says the connected user may not do this (code 29, not "
-                        "permitted): check in Ads Manager (Business Access) that the user who "
-                        "connected has access to this ad account with a role that may manage "
-                        "audiences, then reconnect with `target-pinterest-audiences-admin connect`",
-                    )
+                refused = _NO_REFRESH_HELPS.get((status, code)) if isinstance(code, int) else None
+                if refused is not None:  # a fresh token would be refused too
+                    raise PinterestAPIError(method, path, status, code, message, rid, refused)
                 if status == 401 and reauthorized < MAX_REAUTHORIZATIONS:
                     self.logger.info("HTTP 401 on %s %s; refreshing the access token", method, path)
                     try:

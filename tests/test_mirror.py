@@ -704,6 +704,22 @@ def test_a_killed_runs_temporary_files_are_removed_by_the_next_run(
     assert not orphan.exists()
 
 
+def snapshot_store(tmp_path: Path, url: str | None = None) -> Any:
+    """A SnapshotStore as a run against the emulator's account makes it (a new object, as a
+    new process would)."""
+    import logging
+
+    from target_pinterest_audiences.snapshot import SnapshotStore
+
+    return SnapshotStore(
+        ad_account_id="549755885175",
+        logger=logging.getLogger("test"),
+        directory=tmp_path / "snapshots",
+        url=url,
+        api_url="http://127.0.0.1:1/v5",
+    )
+
+
 _OLD_JOURNAL = (
     "CREATE TABLE pinterest_audience_snapshot_journal (entry {serial} PRIMARY KEY, list_key "
     "{int} NOT NULL, op TEXT NOT NULL, records TEXT NOT NULL)"
@@ -717,20 +733,13 @@ def test_a_store_made_before_settle_times_gains_them_and_keeps_a_landing_write(
     """Stores made by the release before keep working: the journal gains settle_until, and
     a write a dead run left in flight is kept (and waited for) until it can no longer land,
     whoever opens the snapshot first."""
-    import logging
 
     from target_pinterest_audiences.snapshot import SnapshotStore
 
     url = request.getfixturevalue("snapshot_database")[0] if backend == "postgres" else None
 
     def store() -> SnapshotStore:
-        return SnapshotStore(
-            ad_account_id="549755885175",
-            logger=logging.getLogger("test"),
-            directory=tmp_path / "snapshots",
-            url=url,
-            api_url="http://127.0.0.1:1/v5",
-        )
+        return snapshot_store(tmp_path, url)
 
     if url:
         import psycopg
@@ -765,7 +774,6 @@ def test_a_store_made_before_settle_times_gains_them_and_keeps_a_landing_write(
 def test_a_postgres_role_that_does_not_own_the_tables_can_use_them(snapshot_database, tmp_path):
     """A shared store: the tables made by one role, runs made by another with rights on
     them. Nothing may need the owner (an ALTER, even a no-op one, does)."""
-    import logging
 
     import psycopg
 
@@ -774,13 +782,7 @@ def test_a_postgres_role_that_does_not_own_the_tables_can_use_them(snapshot_data
     url, _name = snapshot_database
 
     def store(at: str) -> SnapshotStore:
-        return SnapshotStore(
-            ad_account_id="549755885175",
-            logger=logging.getLogger("test"),
-            directory=tmp_path / "snapshots",
-            url=at,
-            api_url="http://127.0.0.1:1/v5",
-        )
+        return snapshot_store(tmp_path, at)
 
     made = store(url)
     first = made.open("77")
@@ -823,20 +825,13 @@ def test_a_confirmed_write_with_identifiers_in_doubt_keeps_their_settle_time(
     """A retry answered while an earlier attempt that timed out may still land: the next
     run (after a kill) waits before any action on those identifiers, not on the others,
     and does not take them as in doubt a second time."""
-    import logging
 
     from target_pinterest_audiences.snapshot import SnapshotStore
 
     url = request.getfixturevalue("snapshot_database")[0] if backend == "postgres" else None
 
     def store() -> SnapshotStore:
-        return SnapshotStore(
-            ad_account_id="549755885175",
-            logger=logging.getLogger("test"),
-            directory=tmp_path / "snapshots",
-            url=url,
-            api_url="http://127.0.0.1:1/v5",
-        )
+        return snapshot_store(tmp_path, url)
 
     applied, doubtful = "a" * 64, "b" * 64
     first = store()
@@ -860,17 +855,11 @@ def test_a_confirmed_write_with_identifiers_in_doubt_keeps_their_settle_time(
 def test_the_wait_is_for_the_writes_that_conflict_not_the_latest_of_all(tmp_path):
     """Two writes left in flight: an ADD of x that may land for 20 s more, an ADD of y
     retried later (60 s). A REMOVE of x waits for x's write only."""
-    import logging
 
     from target_pinterest_audiences.snapshot import SnapshotStore
 
     def store() -> SnapshotStore:
-        return SnapshotStore(
-            ad_account_id="549755885175",
-            logger=logging.getLogger("test"),
-            directory=tmp_path / "snapshots",
-            api_url="http://127.0.0.1:1/v5",
-        )
+        return snapshot_store(tmp_path)
 
     x, y = "a" * 64, "b" * 64
     first = store()
