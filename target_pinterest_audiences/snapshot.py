@@ -94,11 +94,14 @@ _POSTGRES_DDL = (
     f"CREATE TABLE IF NOT EXISTS {_CREATES} (ad_account_id TEXT NOT NULL, name TEXT NOT NULL, "
     "records TEXT NOT NULL, settle_until DOUBLE PRECISION, PRIMARY KEY (ad_account_id, name))",
 )
-#: Tables of stores made before their settle_until column existed (PostgreSQL: added only
-#: when missing; an ALTER needs the table's owner and an exclusive lock, even a no-op one).
-_SETTLE_COLUMN_TABLES = (_JOURNAL, _CREATES)
-#: SQLite has no ADD COLUMN IF NOT EXISTS: run, and ignore "duplicate column".
-_SQLITE_MIGRATIONS = (f"ALTER TABLE {_JOURNAL} ADD COLUMN settle_until REAL",)
+#: Columns added after the first stores were made: (table, column, SQLite type, PostgreSQL
+#: type; None: the table is not in SQLite stores). Added where missing, and only there: in
+#: PostgreSQL an ALTER needs the table's owner and an exclusive lock, even a no-op one.
+_ADDED_COLUMNS = (
+    (_LISTS, "list_created_time", "TEXT", "TEXT"),
+    (_JOURNAL, "settle_until", "REAL", "DOUBLE PRECISION"),
+    (_CREATES, "settle_until", None, "DOUBLE PRECISION"),
+)
 #: Longest wait for writes left in flight by a run that stopped (a clock that jumped must
 #: not hold a run for hours).
 MAX_SETTLE_WAIT_SECONDS = 900.0
@@ -359,12 +362,10 @@ class SnapshotStore:
             try:
                 for statement in _SQLITE_DDL:
                     conn.execute(statement)
-                for statement in _SQLITE_MIGRATIONS:
-                    try:
-                        conn.execute(statement)
-                    except sqlite3.OperationalError as exc:
-                        if "duplicate column" not in str(exc):
-                            raise
+                for table, column, sqlite_type, _ in _ADDED_COLUMNS:
+                    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                    if sqlite_type and column not in have:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {sqlite_type}")
                 conn.commit()
                 # Opening reads every member (recovery, merge, count): a damaged file
                 # shows here, and is named.
@@ -456,15 +457,14 @@ class SnapshotStore:
         for statement in _POSTGRES_DDL:
             cursor.execute(statement)
         cursor.execute(
-            "SELECT table_name FROM information_schema.columns WHERE table_schema = "
-            "current_schema() AND column_name = 'settle_until' AND table_name IN (%s, %s)",
-            _SETTLE_COLUMN_TABLES,
+            "SELECT table_name, column_name FROM information_schema.columns WHERE "
+            "table_schema = current_schema() AND table_name LIKE 'pinterest_audience_snapshot_%%'"
         )
-        have = {row[0] for row in cursor.fetchall()}
-        for table in _SETTLE_COLUMN_TABLES:
-            if table not in have:
+        have = {(row[0], row[1]) for row in cursor.fetchall()}
+        for table, column, _, postgres_type in _ADDED_COLUMNS:
+            if (table, column) not in have:
                 cursor.execute(
-                    f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS settle_until DOUBLE PRECISION"
+                    f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {postgres_type}"
                 )
         conn.commit()
         self._pg_ready = True

@@ -720,14 +720,19 @@ def snapshot_store(tmp_path: Path, url: str | None = None) -> Any:
     )
 
 
-_OLD_JOURNAL = (
+#: The tables as the first release of the snapshot made them (before list_created_time
+#: and settle_until): a store of that release must keep working.
+_OLD_TABLES = (
+    "CREATE TABLE pinterest_audience_snapshot_lists (list_key {serial} PRIMARY KEY, "
+    "ad_account_id TEXT NOT NULL, list_id TEXT NOT NULL, list_type TEXT, created_at TEXT NOT "
+    "NULL, UNIQUE (ad_account_id, list_id))",
     "CREATE TABLE pinterest_audience_snapshot_journal (entry {serial} PRIMARY KEY, list_key "
-    "{int} NOT NULL, op TEXT NOT NULL, records TEXT NOT NULL)"
+    "{int} NOT NULL, op TEXT NOT NULL, records TEXT NOT NULL)",
 )
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_a_store_made_before_settle_times_gains_them_and_keeps_a_landing_write(
+def test_a_store_made_by_the_first_release_gains_new_columns_and_keeps_a_landing_write(
     backend, tmp_path, request
 ):
     """Stores made by the release before keep working: the journal gains settle_until, and
@@ -745,13 +750,15 @@ def test_a_store_made_before_settle_times_gains_them_and_keeps_a_landing_write(
         import psycopg
 
         with psycopg.connect(url) as conn:
-            conn.execute(_OLD_JOURNAL.format(serial="BIGSERIAL", int="BIGINT"))
+            for statement in _OLD_TABLES:
+                conn.execute(statement.format(serial="BIGSERIAL", int="BIGINT"))
     else:
         made = store()
         made.directory.mkdir(parents=True)
         account = re.sub(r"[^A-Za-z0-9_.@-]+", "_", made.ad_account_id)
         with sqlite3.connect(made.directory / f"snapshot-{account}-77.sqlite") as conn:
-            conn.execute(_OLD_JOURNAL.format(serial="INTEGER", int="INTEGER"))
+            for statement in _OLD_TABLES:
+                conn.execute(statement.format(serial="INTEGER", int="INTEGER"))
     digest = "a" * 64
     first = store()
     snapshot = first.open("77")
