@@ -126,10 +126,6 @@ def _is_pinterest_id(text: str | None) -> bool:
     return bool(text) and re.fullmatch(r"[0-9]{1,18}", str(text)) is not None
 
 
-def _valid_account(ad_account_id: str | None) -> bool:
-    return _is_pinterest_id(ad_account_id)
-
-
 # --------------------------------------------------------------------------- the link
 
 
@@ -624,7 +620,7 @@ def check_connection(
     for the scope). Never raises for a Pinterest or credential problem.
     """
     log = log or logger
-    if not _valid_account(ad_account_id):
+    if not _is_pinterest_id(ad_account_id):
         return (
             False,
             f"NOT READY: ad_account_id must be 1 to 18 digits (0-9), got {ad_account_id!r}.",

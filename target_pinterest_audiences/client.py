@@ -40,6 +40,10 @@ ACCOUNT_BLOCKS = {
 _TOO_LARGE_WORDS = ("too large", "too many", "too long", "exceed", "limit")
 
 
+#: Beyond its timeout, how long an unanswered request may still be applied by Pinterest.
+STRAGGLER_MARGIN_SECONDS = 5.0
+
+
 class TargetError(RuntimeError):
     """An error a user can act on; its message says what, where and what to do."""
 
@@ -393,6 +397,11 @@ class PinterestClient:
     def deadline(self) -> float:
         """When the retry budget of a request starting now runs out."""
         return time.monotonic() + self.retry.budget_seconds
+
+    def straggle_seconds(self) -> float:
+        """How long after it was sent an unanswered request may still be applied: the bound
+        every wait for one uses (in a run, after a kill, for a create)."""
+        return self.timeout + STRAGGLER_MARGIN_SECONDS
 
     def pause(
         self,

@@ -27,8 +27,6 @@ from target_pinterest_audiences.snapshot import MAX_SETTLE_WAIT_SECONDS
 
 #: Stands for the list a dry run would have created, so later batches count as updates.
 DRY_RUN_NEW_LIST = "(new)"
-#: After an unanswered create, how long (beyond one request timeout) to look for it.
-CREATE_SETTLE_SECONDS = 5.0
 #: List types that take hashed emails, MAIDs and IDFAs alike (Pinterest: records "can be any
 #: combination of emails, MAIDs, or IDFAs"); each external id type is a kind of its own.
 HASHED_LIST_TYPES = frozenset({"EMAIL", "MAID", "IDFA"})
@@ -190,11 +188,7 @@ class Resolver:
                     segment_name,
                     wait,
                 )
-                until = time.monotonic() + wait
-                while not found and time.monotonic() < until:
-                    if self.client.stop_event.wait(min(1.0, max(0.0, until - time.monotonic()))):
-                        raise Interrupted("stopped while looking for a list being created")
-                    found = self._find("customer_lists", named)
+                found = self._look_for("customer_lists", named, time.monotonic() + wait)
             if len(found) > 1:
                 raise TargetError(
                     f"{len(found)} Customer Lists in ad account {self.account} are named "
@@ -294,6 +288,20 @@ class Resolver:
         assert self.client is not None
         path = f"/ad_accounts/{self.account}/{kind}"
         return [str(item["id"]) for item in self.client.paginate(path) if match(item)]
+
+    def _look_for(
+        self, kind: str, match: Callable[[dict[str, Any]], bool], until: float
+    ) -> list[str]:
+        """A create that may still land: look for it every second until `until`
+        (time.monotonic()); the ids found, or none. A signal ends the search."""
+        assert self.client is not None
+        while True:
+            found = self._find(kind, match)
+            left = until - time.monotonic()
+            if found or left <= 0:
+                return found
+            if self.client.stop_event.wait(min(1.0, left)):
+                raise Interrupted(f"stopped while looking for one of the {kind} being created")
 
     def _audience_matches(self, item: dict[str, Any]) -> bool:
         rule = item.get("rule") or {}
@@ -451,15 +459,10 @@ class Resolver:
             except AmbiguousWrite as exc:
                 # A create that timed out may still be running on Pinterest's side: keep
                 # looking for a while (longer than one request may take) before creating again.
-                look_until = time.monotonic() + self.client.timeout + CREATE_SETTLE_SECONDS
-                while True:
-                    found = self._find(kind, match)
-                    if found:
-                        self.logger.warning("%s; it was, adopting %s", exc, found[0])
-                        self.created_time = None
-                        return found[0]
-                    if time.monotonic() >= min(look_until, deadline):
-                        break
-                    if self.client.stop_event.wait(1.0):
-                        raise Interrupted(f"stopped while checking {path}") from None
+                look_until = min(time.monotonic() + self.client.straggle_seconds(), deadline)
+                found = self._look_for(kind, match, look_until)
+                if found:
+                    self.logger.warning("%s; it was, adopting %s", exc, found[0])
+                    self.created_time = None
+                    return found[0]
                 self.logger.warning("%s; it was not, creating again", exc)

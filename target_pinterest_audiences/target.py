@@ -72,6 +72,14 @@ class Terminated(BaseException):
         self.signum = signum
 
 
+def _ignore_stop_signals() -> None:
+    """From here on SIGTERM/SIGINT change nothing: the run's end (its last STATE, or its
+    cause on the last log line) is written. Only the main thread may set handlers."""
+    with contextlib.suppress(ValueError):
+        for each in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(each, signal.SIG_IGN)
+
+
 def _setting(config: t.Mapping[str, t.Any], key: str, default: t.Any) -> t.Any:
     """A setting's value, or its default when it is missing or null (the settings schema
     allows null, as Meltano passes an unset value)."""
@@ -869,9 +877,7 @@ class TargetPinterestAudiences(Target):
             target.listen(file_input)
             # The run is over (its last STATE written): Python's shutdown would put back
             # the default handlers, and a signal then would kill a successful run (-15).
-            with contextlib.suppress(ValueError):
-                for each in (signal.SIGTERM, signal.SIGINT):
-                    signal.signal(each, signal.SIG_IGN)
+            _ignore_stop_signals()
         except (
             TargetError,
             AuthError,
@@ -907,9 +913,7 @@ class TargetPinterestAudiences(Target):
                     "While stopping: %s",
                     second if isinstance(second, TargetError) else type(second).__name__,
                 )
-        with contextlib.suppress(ValueError):  # nothing may follow the cause
-            for each in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(each, signal.SIG_IGN)
+        _ignore_stop_signals()  # nothing may follow the cause
         logger.error(
             "Run stopped by signal %d: records after the last checkpoint were not written; "
             "the next run sends them",
@@ -959,9 +963,7 @@ class TargetPinterestAudiences(Target):
                     "While stopping: %s",
                     second if isinstance(second, TargetError) else type(second).__name__,
                 )
-        with contextlib.suppress(ValueError):  # (only the main thread may set handlers)
-            for signum in (signal.SIGTERM, signal.SIGINT):  # nothing may follow the cause
-                signal.signal(signum, signal.SIG_IGN)
+        _ignore_stop_signals()  # nothing may follow the cause
         logger.error("Run failed: %s", " ".join(cause.split()))
         sys.exit(1)
 

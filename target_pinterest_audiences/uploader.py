@@ -29,7 +29,6 @@ from target_pinterest_audiences.mirror import MirrorSync
 from target_pinterest_audiences.progress import Progress
 from target_pinterest_audiences.report import Report
 from target_pinterest_audiences.resolver import (
-    CREATE_SETTLE_SECONDS,
     DRY_RUN_NEW_LIST,
     Resolver,
     describe_list_type,
@@ -459,9 +458,7 @@ class Uploader:
             assert client is not None
 
             def on_send() -> None:  # each attempt: a lost answer leaves them in doubt
-                store.begin_create(
-                    name, chunk, time.time() + client.timeout + CREATE_SETTLE_SECONDS
-                )
+                store.begin_create(name, chunk, time.time() + client.straggle_seconds())
 
         carried = self.resolver.create_list(
             chunk, self._kinds, self.writer.per_request, on_send=on_send

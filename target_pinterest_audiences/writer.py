@@ -32,7 +32,6 @@ from target_pinterest_audiences.client import (
     upload_exceptions,
 )
 from target_pinterest_audiences.report import Report
-from target_pinterest_audiences.resolver import CREATE_SETTLE_SECONDS
 from target_pinterest_audiences.snapshot import Snapshot
 
 #: Rounds of re-sending in-doubt identifiers (each round may time out again) before giving up.
@@ -264,7 +263,7 @@ class Writer:
         """time.time() by which a write sent now has landed or never will: one request
         timeout plus the settle margin, the same bound reconcile() waits for in a run."""
         assert self.client is not None
-        return time.time() + self.client.timeout + CREATE_SETTLE_SECONDS
+        return time.time() + self.client.straggle_seconds()
 
     def _journal_attempt(self, entry: int | None) -> None:
         """A retry or a half of a split goes out later than the journal row says."""
@@ -317,7 +316,7 @@ class Writer:
             self.wait_in_flight()
             with self._lock:
                 doubt = dict(self.in_doubt)
-                settle = self._last_timeout_at + self.client.timeout + CREATE_SETTLE_SECONDS
+                settle = self._last_timeout_at + self.client.straggle_seconds()
             self.logger.info(
                 "Re-sending the final action of %d identifiers whose earlier write timed out",
                 len(doubt),
