@@ -93,6 +93,28 @@ class Run:
         return self.states[-1]["pinterest_audience"]
 
 
+@pytest.fixture
+def run_bytes(tmp_path: Path):
+    """The CLI fed raw bytes (run_target takes text, which cannot hold a non-UTF-8 byte, a
+    byte order mark or CRLF line ends as sent)."""
+
+    def _run(config: dict[str, Any], data: bytes, *extra_args: str) -> Run:
+        config_path = tmp_path / "config.json"
+        config_path.write_text(json.dumps(config))
+        env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+        done = subprocess.run(
+            [*cli_command(), "--config", str(config_path), *extra_args],
+            input=data,
+            capture_output=True,
+            timeout=120,
+            env=env,
+            check=False,
+        )
+        return Run(done.returncode, done.stdout.decode(), done.stderr.decode(errors="replace"))
+
+    return _run
+
+
 @pytest.fixture(autouse=True)
 def isolated_state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Snapshots (and anything else under $XDG_STATE_HOME) stay in the test's directory,

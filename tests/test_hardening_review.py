@@ -5,38 +5,13 @@ fails without its fix."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import SCHEMA, Run, cli_command, email_hash, lists_named, records, state
+from conftest import SCHEMA, email_hash, lists_named, records, state
 
 from target_pinterest_audiences.identifiers import InvalidRecord, parse_record
 
 BOM = b"\xef\xbb\xbf"
-
-
-@pytest.fixture
-def run_bytes(tmp_path: Path):
-    """The CLI fed raw bytes (a byte order mark, CRLF line ends)."""
-
-    def _run(config: dict[str, Any], data: bytes) -> Run:
-        config_path = tmp_path / "config.json"
-        config_path.write_text(json.dumps(config))
-        env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
-        done = subprocess.run(
-            [*cli_command(), "--config", str(config_path)],
-            input=data,
-            capture_output=True,
-            timeout=120,
-            env=env,
-            check=False,
-        )
-        return Run(done.returncode, done.stdout.decode(), done.stderr.decode(errors="replace"))
-
-    return _run
 
 
 def last_line(stderr: str) -> str:

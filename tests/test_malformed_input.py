@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SCHEMA, Run, cli_command, email_hash, lists_named, record, state
+from conftest import SCHEMA, Run, email_hash, lists_named, record, state
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 
 from target_pinterest_audiences.reader import SafeSingerReader
@@ -42,27 +39,6 @@ PREFIX = b"".join(
     line(m) for m in (SCHEMA, good(1), good(2), state({"bookmarks": {"customers": {"id": 2}}}))
 ) + line(good(3))
 AFTER = line(good(4))
-
-
-@pytest.fixture
-def run_bytes(tmp_path: Path):
-    """The CLI fed raw bytes (conftest's runner takes text, which cannot hold a non-UTF-8 byte)."""
-
-    def _run(config: dict[str, Any], data: bytes, *extra_args: str) -> Run:
-        config_path = tmp_path / "config.json"
-        config_path.write_text(json.dumps(config))
-        env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
-        done = subprocess.run(
-            [*cli_command(), "--config", str(config_path), *extra_args],
-            input=data,
-            capture_output=True,
-            timeout=120,
-            env=env,
-            check=False,
-        )
-        return Run(done.returncode, done.stdout.decode(), done.stderr.decode(errors="replace"))
-
-    return _run
 
 
 def batch_message(*urls: str) -> dict[str, Any]:

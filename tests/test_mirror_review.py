@@ -272,6 +272,20 @@ def test_a_signal_after_the_run_finished_does_not_break_its_exit():
         TargetPinterestAudiences._handle_termination(running, signal.SIGTERM, None)  # type: ignore[arg-type]
 
 
+def bare_writer() -> Writer:
+    """A Writer with no client: its bookkeeping of requests, tested alone."""
+    return Writer(
+        client=None,
+        ad_account_id="1",
+        identifiers_per_request=1,
+        concurrent_writes=1,
+        dry_run=False,
+        report=Report(ad_account_id="1", audience_name="a", dry_run=False),
+        logger=logging.getLogger("test"),
+        create_list=lambda chunk: len(chunk),
+    )
+
+
 class _AnswersWhileLookedAt:
     """A request that answers (with an error) between the writer's first and second look."""
 
@@ -288,16 +302,7 @@ class _AnswersWhileLookedAt:
 
 def test_a_request_that_fails_while_the_writer_reaps_is_not_lost():
     """Its error must stop the run (else the run ends 0 with a write that never happened)."""
-    writer = Writer(
-        client=None,
-        ad_account_id="1",
-        identifiers_per_request=1,
-        concurrent_writes=1,
-        dry_run=False,
-        report=Report(ad_account_id="1", audience_name="a", dry_run=False),
-        logger=logging.getLogger("test"),
-        create_list=lambda chunk: len(chunk),
-    )
+    writer = bare_writer()
     request = _AnswersWhileLookedAt()
     writer.in_flight = [("REMOVE", request)]  # type: ignore[list-item]
     with pytest.raises(TargetError):
@@ -348,16 +353,7 @@ def test_closing_a_postgres_snapshot_whose_query_was_interrupted_logs_no_traceba
 def test_a_stopping_writer_does_not_wait_for_requests_cancelled_before_they_started():
     """close() cancels the queued requests; waiting for them (as for running ones) hung a
     run stopped by SIGTERM for ever."""
-    writer = Writer(
-        client=None,
-        ad_account_id="1",
-        identifiers_per_request=1,
-        concurrent_writes=1,
-        dry_run=False,
-        report=Report(ad_account_id="1", audience_name="a", dry_run=False),
-        logger=logging.getLogger("test"),
-        create_list=lambda chunk: len(chunk),
-    )
+    writer = bare_writer()
     cancelled: Future[None] = Future()
     cancelled.cancel()
     finished: Future[None] = Future()
