@@ -80,13 +80,6 @@ def _ignore_stop_signals() -> None:
             signal.signal(each, signal.SIG_IGN)
 
 
-def _setting(config: t.Mapping[str, t.Any], key: str, default: t.Any) -> t.Any:
-    """A setting's value, or its default when it is missing or null (the settings schema
-    allows null, as Meltano passes an unset value)."""
-    value = config.get(key)
-    return default if value is None else value
-
-
 class TargetPinterestAudiences(Target):
     """Syncs one segment of customers into a Pinterest Customer List and its Audience."""
 
@@ -435,6 +428,14 @@ class TargetPinterestAudiences(Target):
             )
         return errors
 
+    def _setting(self, key: str) -> t.Any:
+        """A setting's value, or its default from the settings schema (the one place the
+        defaults live) when it is missing or null, as Meltano may pass an unset value."""
+        value = self.config.get(key)
+        if value is None:
+            return self.config_jsonschema["properties"][key].get("default")
+        return value
+
     @staticmethod
     def _token_path(config: t.Mapping[str, t.Any]) -> Path:
         raw = config.get("token_cache_path")
@@ -473,7 +474,7 @@ class TargetPinterestAudiences(Target):
             api_url=config.get("api_url") or DEFAULT_API_URL,
             logger=self.logger,
         )
-        skip_invalid = _setting(config, "on_invalid_record", "fail") == "skip"
+        skip_invalid = self._setting("on_invalid_record") == "skip"
         #: The rejected-records file (rejected_records_path), opened before anything is sent.
         self.rejected: RejectedRecords | None = None
         if config.get("rejected_records_path"):
@@ -494,25 +495,25 @@ class TargetPinterestAudiences(Target):
             audience_name=config.get("audience_name"),
             audience_id=config.get("audience_id"),
             audience_description=config.get("audience_description"),
-            identifiers_per_request=int(_setting(config, "identifiers_per_request", 10_000)),
-            list_type=_setting(config, "list_type", "auto"),
+            identifiers_per_request=int(self._setting("identifiers_per_request")),
+            list_type=self._setting("list_type"),
             dry_run=self.dry_run,
             report=self.report,
             emit_state=self._emit_state,
             logger=self.logger,
-            checkpoint_seconds=float(_setting(config, "checkpoint_interval_seconds", 60)),
-            concurrent_writes=int(_setting(config, "max_concurrent_writes", 4)),
+            checkpoint_seconds=float(self._setting("checkpoint_interval_seconds")),
+            concurrent_writes=int(self._setting("max_concurrent_writes")),
             store=self.store,
             sync_mode=self.sync_mode,
-            max_removal_fraction=float(_setting(config, "max_removal_fraction", 0.2)),
+            max_removal_fraction=float(self._setting("max_removal_fraction")),
             allow_large_removal=bool(config.get("allow_large_removal")),
-            progress_seconds=float(_setting(config, "progress_interval_seconds", 30)),
+            progress_seconds=float(self._setting("progress_interval_seconds")),
             external_id_type=config.get("external_id_type"),
         )
         self.flow = RecordFlow(
             uploader=self.uploader,
             report=self.report,
-            identifiers_per_request=int(_setting(config, "identifiers_per_request", 10_000)),
+            identifiers_per_request=int(self._setting("identifiers_per_request")),
             skip_invalid=skip_invalid,
             logger=self.logger,
             mirror=self.sync_mode == "mirror",
@@ -535,7 +536,7 @@ class TargetPinterestAudiences(Target):
             refresh_token=config.get("refresh_token"),
             store=store,
             logger=self.logger,
-            timeout=float(_setting(config, "request_timeout_seconds", 60)),
+            timeout=float(self._setting("request_timeout_seconds")),
         )
         if not tokens.has_credentials:
             if self.dry_run:
@@ -557,13 +558,13 @@ class TargetPinterestAudiences(Target):
             tokens=tokens,
             logger=self.logger,
             retry=RetryPolicy(
-                budget_seconds=float(_setting(config, "retry_max_seconds", 900)),
-                base_delay=float(_setting(config, "retry_base_delay_seconds", 1.0)),
-                max_delay=float(_setting(config, "retry_max_delay_seconds", 60.0)),
+                budget_seconds=float(self._setting("retry_max_seconds")),
+                base_delay=float(self._setting("retry_base_delay_seconds")),
+                max_delay=float(self._setting("retry_max_delay_seconds")),
             ),
-            writes_per_minute=int(_setting(config, "max_writes_per_minute", 400)),
-            reads_per_minute=int(_setting(config, "max_reads_per_minute", 1000)),
-            timeout=float(_setting(config, "request_timeout_seconds", 60)),
+            writes_per_minute=int(self._setting("max_writes_per_minute")),
+            reads_per_minute=int(self._setting("max_reads_per_minute")),
+            timeout=float(self._setting("request_timeout_seconds")),
         )
 
     # ---- messages --------------------------------------------------------------------
