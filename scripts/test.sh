@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # One command that sets up and runs the whole test suite (the one .ci/run calls):
 #   bash scripts/test.sh [extra pytest args]
-# It creates .venv, installs the project with its dev extras exactly as the README says,
+# It creates .venv (or $VENV, with $PYTHON), installs the project with its dev extras exactly as the README says,
 # starts PostgreSQL for the warehouse test (scripts/setup-postgres.sh), checks lint, format
 # and types, then runs pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ] || [ "${FRESH_VENV:-0}" = "1" ]; then
-  rm -rf .venv
-  "$PYTHON" -m venv .venv
+VENV="${VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ] || [ "${FRESH_VENV:-0}" = "1" ]; then
+  rm -rf "$VENV"
+  "$PYTHON" -m venv "$VENV"
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --quiet -e '.[dev]'
 
 # The warehouse test needs a PostgreSQL server; without one it is skipped and says why.
 if [ -f scripts/setup-postgres.sh ] && [ "${SKIP_POSTGRES:-0}" != "1" ]; then
@@ -27,12 +28,12 @@ if [ -f scripts/setup-postgres.sh ] && [ "${SKIP_POSTGRES:-0}" != "1" ]; then
   rm -f "$pg_env"
 fi
 
-.venv/bin/ruff check .
-.venv/bin/ruff format --check .
-.venv/bin/mypy target_pinterest_audiences
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
+"$VENV/bin/mypy" target_pinterest_audiences
 
 set +e
-.venv/bin/python -m pytest "$@"
+"$VENV/bin/python" -m pytest "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 import unicodedata
 from typing import Any, NamedTuple
 
@@ -46,11 +47,15 @@ _ID = re.compile(r"[0-9]{1,18}")
 # letter-digit-hyphen domain labels and a top-level label that starts with a letter. At that
 # length no length limit can be reached, so everything it accepts passes every rule; only what
 # it does not accept meets the rules one by one (to name the rule, or to accept an
-# internationalized or longer address). Possessive quantifiers: no backtracking to pay for.
+# internationalized or longer address). Possessive quantifiers (Python 3.11+) leave no
+# backtracking to pay for; Python 3.10 has none, and there the plain greedy form is used. Both
+# accept exactly the same strings: atext holds no dot or "@", a label no dot, so no way of
+# giving characters back can make a match the possessive form misses.
 _ATEXT = r"a-z0-9!#$%&'*+/=?^_`{|}~\-"  # RFC 5322 atext (ASCII); the value is lowercased
+_P = "+" if sys.version_info >= (3, 11) else ""
 _EMAIL_FAST = re.compile(
-    rf"[{_ATEXT}]++(?:\.[{_ATEXT}]++)*+"
-    r"@(?:[a-z0-9]++(?:-++[a-z0-9]++)*+\.)++[a-z][a-z0-9]*+(?:-++[a-z0-9]++)*+"
+    rf"[{_ATEXT}]+{_P}(?:\.[{_ATEXT}]+{_P})*{_P}"
+    rf"@(?:[a-z0-9]+{_P}(?:-+{_P}[a-z0-9]+{_P})*{_P}\.)+{_P}[a-z][a-z0-9]*{_P}(?:-+{_P}[a-z0-9]+{_P})*{_P}"
 )
 _EMAIL_FAST_MAX_LENGTH = 64
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc: C0, DEL, C1
