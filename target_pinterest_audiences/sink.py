@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from singer_sdk.sinks import BatchSink
 
-from target_pinterest_audiences.client import TargetError
+from target_pinterest_audiences.errors import TargetError
 from target_pinterest_audiences.identifiers import (
     EXTERNAL,
     IDENTIFIER_FIELDS,
@@ -24,9 +24,9 @@ from target_pinterest_audiences.identifiers import (
     parse_record,
     salvage_identifiers,
 )
-from target_pinterest_audiences.rejected import RejectedRecords
-from target_pinterest_audiences.report import Report
-from target_pinterest_audiences.uploader import Batch, Uploader
+from target_pinterest_audiences.sync.rejected import RejectedRecords
+from target_pinterest_audiences.sync.report import Report
+from target_pinterest_audiences.sync.uploader import Batch, Uploader
 
 if TYPE_CHECKING:
     from singer_sdk.sinks.core import BaseJSONSchemaValidator

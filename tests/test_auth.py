@@ -24,15 +24,12 @@ from typing import Any
 import pytest
 import requests
 
-from target_pinterest_audiences import auth
-from target_pinterest_audiences.auth import (
-    AuthorizationSession,
-    Outcome,
-    check_connection,
-    main,
-)
+from target_pinterest_audiences.admin import connect
+from target_pinterest_audiences.admin.check import check_connection
+from target_pinterest_audiences.admin.cli import main
+from target_pinterest_audiences.admin.connect import AuthorizationSession, Outcome
 from target_pinterest_audiences.emulator import Emulator
-from target_pinterest_audiences.tokens import TokenStore, token_record
+from target_pinterest_audiences.pinterest.tokens import TokenStore, token_record
 
 ACCOUNT = "549755885175"
 OTHER_ACCOUNT = "549755885176"
@@ -399,9 +396,9 @@ def test_code_exchange_sends_the_documented_form(
             "token_type": "bearer",
         }
 
-    monkeypatch.setattr(auth, "request_token", fake_request_token)
+    monkeypatch.setattr(connect, "request_token", fake_request_token)
     store = TokenStore(tmp_path / "t.json")
-    exchange = auth._exchange_function(
+    exchange = connect._exchange_function(
         api_url="https://api.example/v5",
         client_id="id",
         client_secret="sec-0d3a",

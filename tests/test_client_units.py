@@ -12,14 +12,14 @@ import threading
 
 import pytest
 
-from target_pinterest_audiences.client import (
+from target_pinterest_audiences.pinterest.client import (
     RetryPolicy,
     SlidingWindowLimiter,
     WaitClock,
     _is_too_large,
     parse_retry_after,
 )
-from target_pinterest_audiences.tokens import TokenManager, TokenStore, token_record
+from target_pinterest_audiences.pinterest.tokens import TokenManager, TokenStore, token_record
 
 
 def test_full_jitter_stays_under_the_exponential_ceiling() -> None:
@@ -201,7 +201,9 @@ def test_expiring_access_token_triggers_a_refresh(tmp_path, monkeypatch) -> None
             "refresh_token_expires_in": 5_000_000,
         }
 
-    monkeypatch.setattr("target_pinterest_audiences.tokens.request_token", fake_request_token)
+    monkeypatch.setattr(
+        "target_pinterest_audiences.pinterest.tokens.request_token", fake_request_token
+    )
     manager = TokenManager(
         api_url="http://x",
         client_id="c",
@@ -227,8 +229,8 @@ def test_expiring_access_token_triggers_a_refresh(tmp_path, monkeypatch) -> None
 def test_customer_list_errors_in_a_200_answer_warn_once_by_count(caplog) -> None:
     """The spec's CustomerList.exceptions ("Customer list errors") has no published shape:
     warn by count only (an entry might hold an identifier) and once per run."""
-    from target_pinterest_audiences.client import upload_exceptions
-    from target_pinterest_audiences.report import Report
+    from target_pinterest_audiences.pinterest.client import upload_exceptions
+    from target_pinterest_audiences.sync.report import Report
 
     assert upload_exceptions({"id": "1", "exceptions": {}}) == 0
     assert upload_exceptions({"id": "1"}) == 0

@@ -26,8 +26,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from target_pinterest_audiences import emulator as emulator_module
 from target_pinterest_audiences.emulator import Emulator, max_events_in_window
+from target_pinterest_audiences.emulator import server as emulator_module
 
 ACCOUNT = "549755885175"
 OTHER_ACCOUNT = "549755885176"

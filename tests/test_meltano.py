@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from target_pinterest_audiences.emulator import Emulator
-from target_pinterest_audiences.tokens import TokenStore
+from target_pinterest_audiences.pinterest.tokens import TokenStore
 
 pytestmark = pytest.mark.meltano
 

@@ -660,7 +660,7 @@ def test_the_store_remembers_a_create_until_it_is_recorded(backend, tmp_path, re
     first two leaves the records for the run that adopts the list by name)."""
     import logging
 
-    from target_pinterest_audiences.snapshot import SnapshotStore
+    from target_pinterest_audiences.store.snapshot import SnapshotStore
 
     url = request.getfixturevalue("snapshot_database")[0] if backend == "postgres" else None
     store = SnapshotStore(
@@ -693,7 +693,7 @@ def test_a_killed_runs_temporary_files_are_removed_by_the_next_run(
 ):
     import tempfile
 
-    from target_pinterest_audiences.mirror import RUN_DIR_PREFIX
+    from target_pinterest_audiences.sync.mirror import RUN_DIR_PREFIX
 
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -709,7 +709,7 @@ def snapshot_store(tmp_path: Path, url: str | None = None) -> Any:
     new process would)."""
     import logging
 
-    from target_pinterest_audiences.snapshot import SnapshotStore
+    from target_pinterest_audiences.store.snapshot import SnapshotStore
 
     return SnapshotStore(
         ad_account_id="549755885175",
@@ -739,7 +739,7 @@ def test_a_store_made_by_the_first_release_gains_new_columns_and_keeps_a_landing
     a write a dead run left in flight is kept (and waited for) until it can no longer land,
     whoever opens the snapshot first."""
 
-    from target_pinterest_audiences.snapshot import SnapshotStore
+    from target_pinterest_audiences.store.snapshot import SnapshotStore
 
     url = request.getfixturevalue("snapshot_database")[0] if backend == "postgres" else None
 
@@ -784,7 +784,7 @@ def test_a_postgres_role_that_does_not_own_the_tables_can_use_them(snapshot_data
 
     import psycopg
 
-    from target_pinterest_audiences.snapshot import SnapshotStore
+    from target_pinterest_audiences.store.snapshot import SnapshotStore
 
     url, _name = snapshot_database
 
@@ -833,7 +833,7 @@ def test_a_confirmed_write_with_identifiers_in_doubt_keeps_their_settle_time(
     run (after a kill) waits before any action on those identifiers, not on the others,
     and does not take them as in doubt a second time."""
 
-    from target_pinterest_audiences.snapshot import SnapshotStore
+    from target_pinterest_audiences.store.snapshot import SnapshotStore
 
     url = request.getfixturevalue("snapshot_database")[0] if backend == "postgres" else None
 
@@ -863,7 +863,7 @@ def test_the_wait_is_for_the_writes_that_conflict_not_the_latest_of_all(tmp_path
     """Two writes left in flight: an ADD of x that may land for 20 s more, an ADD of y
     retried later (60 s). A REMOVE of x waits for x's write only."""
 
-    from target_pinterest_audiences.snapshot import SnapshotStore
+    from target_pinterest_audiences.store.snapshot import SnapshotStore
 
     def store() -> SnapshotStore:
         return snapshot_store(tmp_path)

@@ -32,11 +32,11 @@ from test_mirror import (
     write_log,
 )
 
-from target_pinterest_audiences.client import TargetError
-from target_pinterest_audiences.report import Report
-from target_pinterest_audiences.snapshot import SnapshotStore
+from target_pinterest_audiences.errors import TargetError
+from target_pinterest_audiences.store.snapshot import SnapshotStore
+from target_pinterest_audiences.sync.report import Report
+from target_pinterest_audiences.sync.writer import Writer
 from target_pinterest_audiences.target import TargetPinterestAudiences, Terminated
-from target_pinterest_audiences.writer import Writer
 
 
 def test_a_new_segment_whose_records_all_say_remove_writes_nothing(

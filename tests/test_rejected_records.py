@@ -231,7 +231,7 @@ def test_a_umask_that_takes_the_owners_bits_still_gives_0600(tmp_path):
     umask such as 0377 would leave a new file 0400; the writer sets 0600 itself."""
     import logging
 
-    from target_pinterest_audiences.rejected import RejectedRecords
+    from target_pinterest_audiences.sync.rejected import RejectedRecords
 
     path = tmp_path / "rejected.jsonl"
     old = os.umask(0o377)

@@ -36,10 +36,11 @@ from conftest import (
     start_cli,
 )
 
-from target_pinterest_audiences import auth, tokens
-from target_pinterest_audiences.client import PinterestClient, RetryPolicy
+from target_pinterest_audiences.admin import check, connect
 from target_pinterest_audiences.emulator import Emulator
-from target_pinterest_audiences.tokens import (
+from target_pinterest_audiences.pinterest import tokens
+from target_pinterest_audiences.pinterest.client import PinterestClient, RetryPolicy
+from target_pinterest_audiences.pinterest.tokens import (
     TokenManager,
     TokenStore,
     TransientAuthError,
@@ -54,7 +55,7 @@ LOG = logging.getLogger("test_token_lock")
 #: prints what it saw as JSON. It loads the token file before the go, as a run does.
 WORKER = """
 import json, logging, os, sys, time
-from target_pinterest_audiences.tokens import TokenManager, TokenStore
+from target_pinterest_audiences.pinterest.tokens import TokenManager, TokenStore
 mode, path, api_url, ready, go = sys.argv[1:6]
 store = TokenStore(path)
 manager = None
@@ -311,8 +312,8 @@ def test_a_file_system_without_locks_warns_and_goes_on(
 def test_connect_writes_the_token_file_under_the_lock(tmp_path: Path, monkeypatch) -> None:
     store = TokenStore(tmp_path / "tokens.json")
     answer = {"access_token": "a-new", "refresh_token": "r-new", "expires_in": 3600}
-    monkeypatch.setattr(auth, "request_token", lambda *args, **kwargs: answer)
-    exchange = auth._exchange_function(
+    monkeypatch.setattr(connect, "request_token", lambda *args, **kwargs: answer)
+    exchange = connect._exchange_function(
         api_url="http://127.0.0.1:9",
         client_id=CLIENT_ID,
         client_secret=CLIENT_SECRET,
@@ -321,7 +322,7 @@ def test_connect_writes_the_token_file_under_the_lock(tmp_path: Path, monkeypatc
         ad_account_id=AD_ACCOUNT,
         default_path=None,
     )
-    outcomes: list[auth.Outcome] = []
+    outcomes: list[connect.Outcome] = []
     with store.lock():  # a parallel run is refreshing
         thread = threading.Thread(target=lambda: outcomes.append(exchange("code")))
         thread.start()
@@ -340,7 +341,7 @@ def test_check_refreshes_under_the_lock(single_use: Emulator, tmp_path: Path) ->
 
     def check() -> None:
         results.append(
-            auth.check_connection(
+            check.check_connection(
                 ad_account_id=AD_ACCOUNT,
                 api_url=single_use.api_url,
                 client_id=CLIENT_ID,
@@ -390,7 +391,7 @@ def test_check_calls_a_stuck_token_lock_not_ready_not_unreachable(
     seed(store)  # no scope stored: check refreshes to learn it, under the lock
     monkeypatch.setattr(tokens, "LOCK_WAIT_SECONDS", 0.2)
     with store.lock():  # a stuck run holds it
-        ok, message = auth.check_connection(
+        ok, message = check.check_connection(
             ad_account_id=AD_ACCOUNT,
             api_url="http://127.0.0.1:9",
             client_id=CLIENT_ID,

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from target_pinterest_audiences.client import PinterestClient
-from target_pinterest_audiences.report import Report
+from target_pinterest_audiences.pinterest.client import PinterestClient
+from target_pinterest_audiences.sync.report import Report
 
 
 class Checkpoints:

@@ -24,15 +24,15 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from target_pinterest_audiences.client import (
+from target_pinterest_audiences.pinterest.client import (
     Interrupted,
     PinterestClient,
     RequestTooLarge,
     TargetError,
     upload_exceptions,
 )
-from target_pinterest_audiences.report import Report
-from target_pinterest_audiences.snapshot import Snapshot
+from target_pinterest_audiences.store.snapshot import Snapshot
+from target_pinterest_audiences.sync.report import Report
 
 #: Rounds of re-sending in-doubt identifiers (each round may time out again) before giving up.
 RECONCILE_ROUNDS = 3

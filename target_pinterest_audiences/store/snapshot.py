@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from target_pinterest_audiences.client import TargetError
+from target_pinterest_audiences.errors import TargetError
 
 try:  # POSIX only; elsewhere runs are not locked against each other (said in a warning).
     import fcntl

@@ -19,7 +19,8 @@ from typing import Any
 import backoff
 import requests
 
-from target_pinterest_audiences.tokens import AuthError, TokenManager, TransientAuthError
+from target_pinterest_audiences.errors import TargetError
+from target_pinterest_audiences.pinterest.tokens import AuthError, TokenManager, TransientAuthError
 
 #: How often one request may meet a 401, refresh the token and repeat.
 MAX_REAUTHORIZATIONS = 3
@@ -42,10 +43,6 @@ _TOO_LARGE_WORDS = ("too large", "too many", "too long", "exceed", "limit")
 
 #: Beyond its timeout, how long an unanswered request may still be applied by Pinterest.
 STRAGGLER_MARGIN_SECONDS = 5.0
-
-
-class TargetError(RuntimeError):
-    """An error a user can act on; its message says what, where and what to do."""
 
 
 _NOT_PERMITTED = (

@@ -21,7 +21,7 @@ from typing import Any
 
 from singer_sdk.singerlib.json import serialize_json
 
-from target_pinterest_audiences.client import TargetError
+from target_pinterest_audiences.errors import TargetError
 from target_pinterest_audiences.identifiers import IDENTIFIER_FIELDS
 
 #: Key properties never written: identifier fields, whatever their case or padding.

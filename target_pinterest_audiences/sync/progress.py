@@ -18,8 +18,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from target_pinterest_audiences.client import PinterestClient, WaitClock
-from target_pinterest_audiences.report import Report
+from target_pinterest_audiences.pinterest.client import PinterestClient, WaitClock
+from target_pinterest_audiences.sync.report import Report
 
 
 class Progress:

@@ -27,9 +27,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from target_pinterest_audiences.report import Report
-from target_pinterest_audiences.snapshot import PAGE_SIZE, KeyCodec, Snapshot
-from target_pinterest_audiences.writer import Writer
+from target_pinterest_audiences.store.snapshot import PAGE_SIZE, KeyCodec, Snapshot
+from target_pinterest_audiences.sync.report import Report
+from target_pinterest_audiences.sync.writer import Writer
 
 #: What the source wants for an identifier.
 WANT_ABSENT, WANT_MEMBER, WANT_KEEP = 0, 1, 2

@@ -16,10 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from target_pinterest_audiences.client import PinterestAPIError, PinterestClient, TargetError
-from target_pinterest_audiences.report import as_size, match_rate, match_rate_unknown_reasons
-from target_pinterest_audiences.snapshot import SnapshotStore
-from target_pinterest_audiences.writer import MIN_AUDIENCE_SIZE
+from target_pinterest_audiences.pinterest.client import (
+    PinterestAPIError,
+    PinterestClient,
+    TargetError,
+)
+from target_pinterest_audiences.store.snapshot import SnapshotStore
+from target_pinterest_audiences.sync.report import as_size, match_rate, match_rate_unknown_reasons
+from target_pinterest_audiences.sync.writer import MIN_AUDIENCE_SIZE
 
 _AUDIENCE_STATUS_WORDS = {
     "READY": "targetable",

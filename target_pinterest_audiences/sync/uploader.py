@@ -17,27 +17,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from target_pinterest_audiences.checkpoint import Checkpoints
-from target_pinterest_audiences.client import (
+from target_pinterest_audiences.identifiers import EXTERNAL
+from target_pinterest_audiences.pinterest.client import (
     Interrupted,
     PinterestClient,
     TargetError,
     WaitClock,
 )
-from target_pinterest_audiences.identifiers import EXTERNAL
-from target_pinterest_audiences.mirror import MirrorSync
-from target_pinterest_audiences.progress import Progress
-from target_pinterest_audiences.report import Report
-from target_pinterest_audiences.resolver import (
+from target_pinterest_audiences.pinterest.tokens import AuthError
+from target_pinterest_audiences.store.snapshot import SnapshotStore
+from target_pinterest_audiences.sync.checkpoint import Checkpoints
+from target_pinterest_audiences.sync.mirror import MirrorSync
+from target_pinterest_audiences.sync.progress import Progress
+from target_pinterest_audiences.sync.report import Report
+from target_pinterest_audiences.sync.resolver import (
     DRY_RUN_NEW_LIST,
     Resolver,
     describe_list_type,
     list_kind,
 )
-from target_pinterest_audiences.snapshot import SnapshotStore
-from target_pinterest_audiences.status import confirmed_members
-from target_pinterest_audiences.tokens import AuthError
-from target_pinterest_audiences.writer import Writer
+from target_pinterest_audiences.sync.status import confirmed_members
+from target_pinterest_audiences.sync.writer import Writer
 
 
 @dataclass

@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from target_pinterest_audiences.client import (
+from target_pinterest_audiences.identifiers import EXTERNAL
+from target_pinterest_audiences.pinterest.client import (
     AmbiguousWrite,
     Interrupted,
     PinterestAPIError,
@@ -21,9 +22,8 @@ from target_pinterest_audiences.client import (
     TargetError,
     upload_exceptions,
 )
-from target_pinterest_audiences.identifiers import EXTERNAL
-from target_pinterest_audiences.report import LIST_STATUS_UNREAD, Report, as_size
-from target_pinterest_audiences.snapshot import MAX_SETTLE_WAIT_SECONDS
+from target_pinterest_audiences.store.snapshot import MAX_SETTLE_WAIT_SECONDS
+from target_pinterest_audiences.sync.report import LIST_STATUS_UNREAD, Report, as_size
 
 #: Stands for the list a dry run would have created, so later batches count as updates.
 DRY_RUN_NEW_LIST = "(new)"

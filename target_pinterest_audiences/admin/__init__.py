@@ -1,0 +1,1 @@
+"""The admin command (`target-pinterest-audiences-admin`): one module per command."""

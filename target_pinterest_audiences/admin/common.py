@@ -1,0 +1,56 @@
+"""What the admin commands share: their names, defaults and small helpers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+PROG = "target-pinterest-audiences-admin"
+#: The command's first name, still installed (pyproject.toml) so that existing setups work.
+ALIAS = "target-pinterest-audiences-auth"
+COMMANDS = ("connect", "check", "status")
+PLUGIN = "target-pinterest-audiences"
+ENV_PREFIX = "TARGET_PINTEREST_AUDIENCES_"
+DEFAULT_AUTHORIZE_URL = "https://www.pinterest.com/oauth/"
+DEFAULT_API_URL = "https://api.pinterest.com/v5"
+DEFAULT_REDIRECT_PORT = 8085
+DEFAULT_TIMEOUT_SECONDS = 600.0
+#: `check` gives up on a flaky Pinterest after this long (the target's budget is far longer).
+CHECK_RETRY_SECONDS = 30.0
+#: Tries of the code exchange when the token endpoint is unreachable or busy (429, 5xx).
+EXCHANGE_ATTEMPTS = 3
+REQUIRED_SCOPES = ("ads:read", "ads:write")
+SCOPE = ",".join(REQUIRED_SCOPES)
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+_NEW_LINK = f"run `{PROG} connect` again for a new link"
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(ENV_PREFIX + name) or None
+
+
+def granted_scopes(scope: Any) -> set[str] | None:
+    """The scopes in a token answer's `scope` (comma or space separated); None if unknown."""
+    if not scope or not isinstance(scope, str):
+        return None
+    return {part for part in re.split(r"[,\s]+", scope) if part}
+
+
+def _when(timestamp: Any) -> str:
+    try:
+        moment = datetime.fromtimestamp(float(timestamp), tz=timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "at an unknown time"
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _is_pinterest_id(text: str | None) -> bool:
+    """Pinterest's id pattern (`^\\d+$`, at most 18 long); ASCII digits only, unlike isdigit()."""
+    return bool(text) and re.fullmatch(r"[0-9]{1,18}", str(text)) is not None

@@ -1,0 +1,121 @@
+"""`status`: reads one CUSTOMER_LIST Audience and its Customer List, with the same tokens as
+`check`, and the confirmed members from the snapshot store (sync/status.py does the reading).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import TextIO
+
+from target_pinterest_audiences.admin.check import explain_refusal
+from target_pinterest_audiences.admin.common import (
+    ENV_PREFIX,
+    PROG,
+    _env,
+    _is_pinterest_id,
+)
+from target_pinterest_audiences.pinterest.client import (
+    PinterestAPIError,
+    PinterestClient,
+    RetryPolicy,
+    TargetError,
+)
+from target_pinterest_audiences.pinterest.tokens import (
+    AuthError,
+    TokenManager,
+    TokenStore,
+    default_token_cache_path,
+)
+from target_pinterest_audiences.store.snapshot import SnapshotStore
+from target_pinterest_audiences.sync.status import read_status
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def _which_audience(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(audience id, audience name): a flag wins; else the settings, where audience_id wins
+    over audience_name as in the target."""
+    if args.audience_id or args.audience_name:
+        return args.audience_id, args.audience_name
+    audience_id = _env("AUDIENCE_ID")
+    if audience_id:
+        return audience_id, None
+    return None, _env("AUDIENCE_NAME")
+
+
+def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Print the Audience's and its list's status, the confirmed members and the match rate."""
+
+    def fail(message: str, code: int = 1) -> int:
+        line = message.replace("\r", " ").replace("\n", " ")
+        print(f"{PROG} status: {line}", file=err, flush=True)
+        return code
+
+    account = args.ad_account_id
+    if not account:
+        return fail(f"say which ad account: --ad-account-id or {ENV_PREFIX}AD_ACCOUNT_ID", 2)
+    audience_id, audience_name = _which_audience(args)
+    if not audience_id and not audience_name:
+        return fail(
+            "say which audience: --audience-id or --audience-name (or "
+            f"{ENV_PREFIX}AUDIENCE_ID / {ENV_PREFIX}AUDIENCE_NAME)",
+            2,
+        )
+    if audience_id and not _is_pinterest_id(audience_id):
+        return fail(f"the audience id must be 1 to 18 digits (0-9), got {audience_id!r}", 2)
+    store_path = args.token_cache_path or default_token_cache_path(account)
+    try:
+        tokens = TokenManager(
+            api_url=args.api_url,
+            client_id=args.client_id,
+            client_secret=args.client_secret,
+            access_token=args.access_token,
+            refresh_token=args.refresh_token,
+            store=TokenStore(store_path),
+            logger=logger,
+            timeout=30.0,
+        )
+    except AuthError as exc:
+        return fail(str(exc))
+    if not tokens.has_credentials:
+        return fail(
+            f"not connected: no token file at {tokens.store.path if tokens.store else store_path} "
+            "and no usable access or refresh token; connect with "
+            f"`{PROG} connect --ad-account-id {account}`"
+        )
+    client = PinterestClient(
+        api_url=args.api_url,
+        tokens=tokens,
+        logger=logger,
+        retry=RetryPolicy(budget_seconds=args.retry_seconds),
+        timeout=30.0,
+    )
+    store = SnapshotStore(
+        ad_account_id=account,
+        logger=logger,
+        directory=args.snapshot_path,
+        url=args.snapshot_url,
+        api_url=args.api_url,
+    )
+    try:
+        status = read_status(
+            client, store, account, audience_id=audience_id, audience_name=audience_name
+        )
+    except PinterestAPIError as exc:
+        return fail(explain_refusal(exc, account, ""))
+    except (TargetError, AuthError) as exc:  # also retries exhausted, the snapshot store
+        return fail(str(exc))
+    except Exception as exc:  # no traceback: one line that names the failure
+        return fail(f"unexpected {type(exc).__name__}: {str(exc)[:200]}")
+    finally:
+        store.close()
+    if args.format == "json":
+        print(json.dumps(status.as_json()), file=out, flush=True)
+    else:
+        print(status.table(), file=out, flush=True)
+    return 0

@@ -1,0 +1,7 @@
+"""`python -m target_pinterest_audiences.emulator`: run the emulator as a program."""
+
+import sys
+
+from target_pinterest_audiences.emulator.server import main
+
+sys.exit(main())
