@@ -27,7 +27,7 @@ import pytest
 import requests
 
 from target_pinterest_audiences.emulator import Emulator, max_events_in_window
-from target_pinterest_audiences.emulator import server as emulator_module
+from target_pinterest_audiences.emulator import oauth as emulator_oauth
 
 ACCOUNT = "549755885175"
 OTHER_ACCOUNT = "549755885176"
@@ -430,7 +430,7 @@ def test_code_exchange_rejects_wrong_redirect_and_client_auth(emu: Emulator) -> 
 
 def test_codes_and_access_tokens_expire_with_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """Codes live 10 minutes and tokens expires_in seconds; zero lifetimes prove both checks."""
-    monkeypatch.setattr(emulator_module, "AUTH_CODE_TTL_S", 0)
+    monkeypatch.setattr(emulator_oauth, "AUTH_CODE_TTL_S", 0)
     with Emulator(access_token_expires_in=0) as emu:
         assert_error(requests.get(lists_url(emu), headers=BEARER, timeout=TIMEOUT), 401, 2)
         grant = {"grant_type": "authorization_code", "redirect_uri": REDIRECT}
