@@ -14,12 +14,18 @@ from target_pinterest_audiences.emulator.errors import (
     MSG_UNDER_REVIEW,
     ApiError,
     _bad,
-    _safe_name,
 )
-from target_pinterest_audiences.emulator.state import EmulatorState, _Audience, _CustomerList
+from target_pinterest_audiences.emulator.state import (
+    READY_MIN_SIZE,
+    EmulatorState,
+    _Audience,
+    _CustomerList,
+)
 from target_pinterest_audiences.emulator.transport import _BAD_JSON, _NO_BODY, _Reply, _Request
 from target_pinterest_audiences.emulator.validation import (
     _ID_RE,
+    ACTALIKE_COUNTRIES,
+    ACTALIKE_PERCENTAGE,
     AUDIENCE_OPERATIONS,
     AUDIENCE_TYPES,
     LIST_OPERATIONS,
@@ -28,8 +34,9 @@ from target_pinterest_audiences.emulator.validation import (
     OWNERSHIP_TYPES,
     PAGE_SIZE_DEFAULT,
     PAGE_SIZE_MAX,
-    RULE_KEYS,
+    RULE_FORMATS,
     _check_fields,
+    _check_rule_shape,
     _decode_bookmark,
     _encode_bookmark,
     _enum,
@@ -41,6 +48,8 @@ from target_pinterest_audiences.emulator.validation import (
 
 
 class AdsApi(EmulatorState):
+    """Customer lists and audiences: create, update, read, list (a mixin of the Emulator)."""
+
     def _check_account(self, account: str) -> None:
         if not _ID_RE.fullmatch(account):
             raise _bad("ad_account_id: must be a string of 1 to 18 digits")
@@ -77,7 +86,10 @@ class AdsApi(EmulatorState):
         _single_query(req, ())
         body = self._json_body(req)
         self._check_record_cap(req, body)
-        _check_fields(body, ("name", "records", "list_type"), ("name", "records"))
+        # ad_account_id is not in CustomerListRequest, but Pinterest's own SDK sends it (as the
+        # audience request bodies carry it): it is accepted when it names the path's account.
+        _check_fields(body, ("ad_account_id", "name", "records", "list_type"), ("name", "records"))
+        self._check_body_account(body, account)
         name = _nonempty_str(body, "name")
         list_type = _enum(body, "list_type", LIST_TYPES, default="EMAIL")
         records = _parse_records(body["records"], list_type)
@@ -139,24 +151,59 @@ class AdsApi(EmulatorState):
     # -- audiences ------------------------------------------------------------------------------
 
     def _check_rule(self, account: str, audience_type: str, rule: Any) -> dict[str, Any]:
-        """CUSTOMER_LIST rules must be exactly {customer_list_id} of a list of this account."""
-        if not isinstance(rule, dict):
-            raise _bad("rule: must be a JSON object")
+        """A rule as the AudienceRule schema allows, with what its audience_type needs.
+
+        CUSTOMER_LIST: customer_list_id, a list of this account. ACTALIKE: seed_id (audiences of
+        this account, each READY: Pinterest refuses a seed still matching or too small),
+        country (US, CA or GB) and percentage (1 to 10). Any rule's ad_account_id (Pinterest's
+        SDK adds it) must be the account in the path. A CUSTOMER_LIST or ACTALIKE rule holds only
+        the fields of its format (AudienceRule's description); other types any AudienceRule field.
+        """
+        rule = _check_rule_shape(rule)
+        if "ad_account_id" in rule and rule["ad_account_id"] != account:
+            raise _bad("rule: ad_account_id does not match the ad account in the path")
+        own = RULE_FORMATS.get(audience_type)
+        if own is not None:  # the rule formats the AudienceRule description gives per type
+            for key in sorted(set(rule) - own - {"ad_account_id"}):
+                raise _bad(f"rule: {key} is not a field of a {audience_type} rule")
         if audience_type == "CUSTOMER_LIST":
             list_id = rule.get("customer_list_id")
-            if set(rule) != {"customer_list_id"} or not isinstance(list_id, str):
-                raise _bad('rule: CUSTOMER_LIST needs exactly {"customer_list_id": "<id>"}')
-            if not _ID_RE.fullmatch(list_id):
-                raise _bad("rule: customer_list_id must be a string of 1 to 18 digits")
+            if list_id is None:
+                raise _bad("rule: CUSTOMER_LIST needs customer_list_id")
             with self._lock:
                 lst = self._lists.get(list_id)
                 if lst is None or lst.ad_account_id != account:
                     raise _bad("rule: customer_list_id names no customer list of this ad account")
-            return {"customer_list_id": list_id}
-        for key in sorted(rule):
-            if key not in RULE_KEYS:
-                raise _bad(f"rule: {_safe_name(str(key))} is not a rule field")
-        return dict(rule)
+        elif audience_type == "ACTALIKE":
+            self._check_actalike_rule(account, rule)
+        return rule
+
+    def _check_actalike_rule(self, account: str, rule: dict[str, Any]) -> None:
+        for key in ("seed_id", "country", "percentage"):
+            if key not in rule:
+                raise _bad(f"rule: ACTALIKE needs {key}")
+        if rule["country"] not in ACTALIKE_COUNTRIES:
+            raise _bad(f"rule: country must be one of {', '.join(ACTALIKE_COUNTRIES)}")
+        low, high = ACTALIKE_PERCENTAGE
+        if not low <= rule["percentage"] <= high:
+            raise _bad(f"rule: percentage must be an integer from {low} to {high}")
+        seeds = rule["seed_id"]
+        if not seeds:
+            raise _bad("rule: seed_id must name at least one audience")
+        with self._lock:
+            for seed_id in seeds:
+                seed = self._audiences.get(seed_id)
+                if seed is None or seed.ad_account_id != account:
+                    raise _bad(f"rule: seed_id {seed_id} names no audience of this ad account")
+                status = seed.api(self._lists, self._cfg)["status"]
+                if status != "READY":
+                    raise ApiError(
+                        400,
+                        1,
+                        f"Seed audience {seed_id} is not ready ({status}): an audience must be "
+                        f"READY, with at least {READY_MIN_SIZE} matched Pinterest users, before "
+                        "an actalike audience can be made from it.",
+                    )
 
     def _check_body_account(self, body: dict[str, Any], account: str) -> None:
         if "ad_account_id" in body and body["ad_account_id"] != account:
@@ -188,6 +235,7 @@ class AdsApi(EmulatorState):
                 description=description,
                 created=now,
                 updated=now,
+                rule_set_at=time.monotonic(),
             )
             self._audiences[audience.id] = audience
             return 200, audience.api(self._lists, self._cfg), {}
@@ -214,6 +262,7 @@ class AdsApi(EmulatorState):
                 audience.name = name
             if rule is not None:
                 audience.rule = rule
+                audience.rule_set_at = time.monotonic()
             if "description" in body:
                 audience.description = description
             audience.updated = int(time.time())

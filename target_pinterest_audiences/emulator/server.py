@@ -2,9 +2,13 @@
 
 Why it exists: Pinterest is not reachable from CI and its sandbox has no customer lists, so every
 test drives the real target against this server over real sockets. It follows a strict reading of
-Pinterest's published OpenAPI description (unknown fields, bad enums and malformed records are
-rejected), keeps one lock around all state so concurrent clients see consistent results, and does
-only O(batch) work per request so benchmarks with millions of identifiers stay fast.
+Pinterest's published OpenAPI description: every request the description allows is accepted
+(Pinterest's own Python SDK drives it in tests/test_pinterest_sdk.py); fields it does not name,
+bad enums and malformed records are rejected. Records are stricter than the description, on
+purpose: EMAIL, MAID and IDFA lists take SHA-256 digests only, so a target that uploads a raw
+identifier fails its tests. It keeps one lock around all state so concurrent clients see
+consistent results, and does only O(batch) work per request so benchmarks with millions of
+identifiers stay fast.
 
 A control API under ``/_emulator`` (no auth, never logged, never hit by faults) lets tests read the
 state, inject faults (errors, dropped connections, delays) and change settings while it runs.
@@ -18,6 +22,10 @@ takes 24-48 hours), by the setting's current value: setting it to 0 matches ever
 now. Until then a matched audience keeps its previous size. ``match_fraction`` (default 1, taken
 when a write arrives) is the share of identifiers that belong to a Pinterest user: identifier
 ``h`` matches when ``zlib.crc32(h.encode()) < match_fraction * 2**32``.
+
+ACTALIKE audiences: made only from READY seeds (else 400, code 1, naming the seed's status);
+INITIALIZING until ``match_delay_seconds`` after their rule was set, then READY with
+``percentage`` percent of the country's emulated Pinners (state.COUNTRY_PINNERS).
 
 Use it in-process (``Emulator(...).start()``) or as a program::
 

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from target_pinterest_audiences.emulator.faults import _Fault
 
 READY_MIN_SIZE = 100
+# Pinners per country an ACTALIKE audience is drawn from: invented round figures (Pinterest
+# publishes none per country), so that an actalike's size is percentage% of them.
+COUNTRY_PINNERS = {"US": 90_000_000, "CA": 10_000_000, "GB": 15_000_000}
 SEEDED_SCOPE = frozenset({"ads:read", "ads:write"})
 REFRESH_TOKEN_TTL_S = 60 * 24 * 3600
 _CONFIG_KEYS = (
@@ -110,13 +113,26 @@ class _Audience:
     description: str | None
     created: int
     updated: int
+    #: When its rule was set (time.monotonic()): an ACTALIKE is computed match_delay_seconds later.
+    rule_set_at: float = 0.0
 
     def api(self, lists: dict[str, _CustomerList], cfg: _Config) -> dict[str, Any]:
-        """The Audience answer; size is the list's matched users (null until matched)."""
+        """The Audience answer.
+
+        CUSTOMER_LIST: size is the list's matched users (null until matched). ACTALIKE: null and
+        INITIALIZING until computed (``match_delay_seconds`` after its rule was set), then READY
+        with ``percentage`` percent of the country's emulated Pinners.
+        """
         size: int | None = None
         if self.audience_type == "CUSTOMER_LIST":
             lst = lists.get(str(self.rule.get("customer_list_id")))
             size = lst.settle(cfg) if lst is not None else None
+        elif (
+            self.audience_type == "ACTALIKE"
+            and time.monotonic() >= self.rule_set_at + cfg.match_delay_seconds
+        ):
+            pinners = COUNTRY_PINNERS.get(str(self.rule.get("country")), 0)
+            size = pinners * int(self.rule.get("percentage") or 0) // 100
         if size is None:
             status = "INITIALIZING"
         else:

@@ -25,31 +25,47 @@ AUDIENCE_TYPES = ("CUSTOMER_LIST", "VISITOR", "ENGAGEMENT", "ACTALIKE", "PERSONA
 AUDIENCE_OPERATIONS = ("UPDATE", "REMOVE")
 ORDERS = ("ASCENDING", "DESCENDING")
 OWNERSHIP_TYPES = ("OWNED", "RECEIVED")
-# Properties of the AudienceRule schema: rules of non-CUSTOMER_LIST audiences may use only these.
-RULE_KEYS = frozenset(
-    {
-        "ad_account_id",
-        "ad_id",
-        "campaign_id",
-        "country",
-        "customer_list_id",
-        "engagement_domain",
-        "engagement_type",
-        "engager_type",
-        "event",
-        "event_data",
-        "event_source",
-        "ingestion_source",
-        "objective_type",
-        "percentage",
-        "pin_id",
-        "prefill",
-        "retention_days",
-        "seed_id",
-        "url",
-        "visitor_source_id",
-    }
+# The AudienceRule schema's properties and their types: "id" a string of digits (pattern ^\d+$),
+# "ids" an array of them, "str"/"strs" a string or array of strings, "int", "bool", "object", and
+# "objectives" an array of ObjectiveType values.
+RULE_PROPERTIES: dict[str, str] = {
+    "ad_account_id": "id",
+    "ad_id": "ids",
+    "campaign_id": "ids",
+    "country": "str",
+    "customer_list_id": "id",
+    "engagement_domain": "strs",
+    "engagement_type": "str",
+    "engager_type": "int",
+    "event": "str",
+    "event_data": "object",
+    "event_source": "object",
+    "ingestion_source": "object",
+    "objective_type": "objectives",
+    "percentage": "int",
+    "pin_id": "ids",
+    "prefill": "bool",
+    "retention_days": "int",
+    "seed_id": "ids",
+    "url": "strs",
+    "visitor_source_id": "id",
+}
+OBJECTIVE_TYPES = (
+    "AWARENESS",
+    "CONSIDERATION",
+    "WEB_CONVERSION",
+    "CATALOG_SALES",
+    "VIDEO_COMPLETION",
 )
+# ACTALIKE rules (AudienceRule's description): "Valid countries include: US, CA, and GB.
+# Percentage should be 1-10."
+ACTALIKE_COUNTRIES = ("US", "CA", "GB")
+ACTALIKE_PERCENTAGE = (1, 10)
+# The rule format per audience type, from AudienceRule's description (ad_account_id aside).
+RULE_FORMATS: dict[str, frozenset[str]] = {
+    "CUSTOMER_LIST": frozenset({"customer_list_id"}),
+    "ACTALIKE": frozenset({"seed_id", "country", "percentage"}),
+}
 PAGE_SIZE_DEFAULT = 25
 PAGE_SIZE_MAX = 250
 
@@ -113,6 +129,42 @@ def _enum(
     if not isinstance(value, str) or value not in choices:
         raise _bad(f"{key}: must be one of {', '.join(choices)}")
     return value
+
+
+def _check_rule_shape(rule: Any) -> dict[str, Any]:
+    """Check a rule against the AudienceRule schema: each property known and of its type."""
+    if not isinstance(rule, dict):
+        raise _bad("rule: must be a JSON object")
+    for key in sorted(rule):
+        kind = RULE_PROPERTIES.get(key)
+        if kind is None:
+            raise _bad(f"rule: {_safe_name(str(key))} is not a rule field")
+        value = rule[key]
+        if kind == "id":
+            ok = isinstance(value, str) and _ID_RE.fullmatch(value) is not None
+            what = "a string of 1 to 18 digits"
+        elif kind == "ids":
+            ok = isinstance(value, list) and all(
+                isinstance(v, str) and _ID_RE.fullmatch(v) for v in value
+            )
+            what = "an array of strings of 1 to 18 digits"
+        elif kind == "str":
+            ok, what = isinstance(value, str), "a string"
+        elif kind == "strs":
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            what = "an array of strings"
+        elif kind == "int":
+            ok, what = _is_int(value), "an integer"
+        elif kind == "bool":
+            ok, what = isinstance(value, bool), "true or false"
+        elif kind == "object":
+            ok, what = isinstance(value, dict), "a JSON object"
+        else:  # objectives
+            ok = isinstance(value, list) and all(v in OBJECTIVE_TYPES for v in value)
+            what = f"an array of {', '.join(OBJECTIVE_TYPES)}"
+        if not ok:
+            raise _bad(f"rule: {key} must be {what}")
+    return dict(rule)
 
 
 def _parse_records(value: Any, list_type: str) -> list[str]:
