@@ -36,6 +36,9 @@ def max_events_in_window(times: Iterable[float], window: float = WRITE_WINDOW_S)
 
 
 class ControlApi(EmulatorState):
+    """The control side (a mixin of the Emulator): what tests call from Python, and the
+    /_emulator endpoints that call the same methods."""
+
     def state(self, *, members: bool = True, requests: bool = True) -> dict[str, Any]:
         """A JSON-ready snapshot; ``members=False`` skips big member lists, ``requests`` the log."""
         with self._lock:

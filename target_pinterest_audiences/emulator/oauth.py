@@ -34,6 +34,9 @@ def _format_scope(scope: Iterable[str]) -> str:
 
 
 class OAuthApi(EmulatorState):
+    """OAuth (a mixin of the Emulator): bearer tokens on API calls, the consent page and the
+    token endpoint."""
+
     def _authenticate(self, req: _Request, scope: str) -> None:
         scheme, _, token = str(req.headers.get("Authorization") or "").partition(" ")
         token = token.strip()
