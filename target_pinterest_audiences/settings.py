@@ -18,6 +18,10 @@ SECRET_SETTINGS = ("access_token", "refresh_token", "client_id", "client_secret"
 LIST_TYPES = ("auto", "EMAIL", "IDFA", "MAID")
 SYNC_MODES = ("events", "mirror")
 PINTEREST_ID = r"^[0-9]{1,18}$"
+#: Where Pinterest makes ACTALIKE audiences and how large (AudienceRule in Pinterest's OpenAPI
+#: description: "Valid countries include: US, CA, and GB. Percentage should be 1-10.").
+ACTALIKE_COUNTRIES = ("US", "CA", "GB")
+ACTALIKE_PERCENTAGE_MIN, ACTALIKE_PERCENTAGE_MAX = 1, 10
 
 SCHEMA: dict[str, Any] = th.PropertiesList(
     th.Property(
@@ -50,6 +54,44 @@ SCHEMA: dict[str, Any] = th.PropertiesList(
         th.StringType,
         title="Audience description",
         description="Description given to a newly created Audience.",
+    ),
+    th.Property(
+        "actalike_audiences",
+        th.ArrayType(
+            th.ObjectType(
+                th.Property(
+                    "country",
+                    th.StringType(allowed_values=list(ACTALIKE_COUNTRIES)),
+                    required=True,
+                    description="Where the lookalike Pinners are: US, CA or GB.",
+                ),
+                th.Property(
+                    "percentage",
+                    th.IntegerType(
+                        minimum=ACTALIKE_PERCENTAGE_MIN, maximum=ACTALIKE_PERCENTAGE_MAX
+                    ),
+                    required=True,
+                    description="Size, as a share of the country's Pinners: 1 to 10.",
+                ),
+                th.Property(
+                    "name",
+                    th.StringType,
+                    description=(
+                        "The actalike audience's name (default: the Audience's name, the "
+                        "country and the percentage, e.g. 'VIP customers US 5%')."
+                    ),
+                ),
+                additional_properties=False,
+            )
+        ),
+        title="Actalike audiences",
+        description=(
+            "ACTALIKE (lookalike) audiences seeded with the Audience, each "
+            '{"country": "US", "percentage": 5, "name": optional}: after each run the target '
+            "creates the missing ones and adopts existing ones by name. A seed needs 100 "
+            "matched users first: until then Pinterest refuses, the run warns and the next run "
+            "tries again. See docs/actalike.md."
+        ),
     ),
     th.Property(
         "access_token",
@@ -322,6 +364,7 @@ def cross_setting_errors(config: Mapping[str, Any]) -> list[str]:
         errors.append(
             "setting 'audience_name' is required unless 'audience_id' names an existing Audience"
         )
+    errors.extend(actalike_errors(config.get("actalike_audiences")))
     api_url = config.get("api_url") or DEFAULT_API_URL
     parsed = urllib.parse.urlsplit(str(api_url))
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
@@ -339,4 +382,32 @@ def cross_setting_errors(config: Mapping[str, Any]) -> list[str]:
             "with `target-pinterest-audiences-admin connect` to create the token file "
             f"({token_path(config)})"
         )
+    return errors
+
+
+def actalike_errors(value: Any) -> list[str]:
+    """Beyond the schema: no blank name, and no two entries for one name or one country and
+    percentage (one of them would adopt the other's audience)."""
+    if not isinstance(value, list):
+        return []
+    errors: list[str] = []
+    rules: set[tuple[Any, Any]] = set()
+    names: set[str] = set()
+    for index, entry in enumerate(value):
+        if not isinstance(entry, dict):
+            continue  # the schema says what is wrong
+        where = f"setting 'actalike_audiences.{index}'"
+        name = entry.get("name")
+        if isinstance(name, str) and not name.strip():
+            errors.append(f"{where}: 'name' is blank; give a name or leave it out")
+        rule = (entry.get("country"), entry.get("percentage"))
+        if rule in rules:
+            errors.append(
+                f"{where}: a second entry for country {rule[0]} and percentage {rule[1]}; keep one"
+            )
+        rules.add(rule)
+        if isinstance(name, str) and name.strip():
+            if name in names:
+                errors.append(f"{where}: a second entry named {name!r}; names must differ")
+            names.add(name)
     return errors

@@ -46,6 +46,7 @@ from target_pinterest_audiences.reader import (
 from target_pinterest_audiences.settings import DEFAULT_API_URL, SECRET_SETTINGS
 from target_pinterest_audiences.sink import AudienceSink, RecordFlow
 from target_pinterest_audiences.store.snapshot import SnapshotStore
+from target_pinterest_audiences.sync.actalike import ensure_actalikes
 from target_pinterest_audiences.sync.rejected import RejectedRecords
 from target_pinterest_audiences.sync.report import Report
 from target_pinterest_audiences.sync.uploader import Uploader
@@ -393,6 +394,15 @@ class TargetPinterestAudiences(Target):
         except TargetError as exc:  # only a report: never fail a finished run for it
             self.logger.warning("Could not look up the audience for the report: %s", exc)
         self.uploader.report_audience_status()  # one read; a failure only warns
+        if held is None:  # warns on failure; the synced list and its STATE stand
+            ensure_actalikes(
+                self.client,
+                self.report,
+                self.report.audience_id,
+                self.config.get("actalike_audiences"),
+                self.dry_run,
+                self.logger,
+            )
         self.finished = True
         self._emit_state(self.uploader.state_line())
         self._log_summary()

@@ -25,7 +25,7 @@ ADMIN = "target-pinterest-audiences-admin"
 ALIAS = "target-pinterest-audiences-auth"
 #: Long enough that nothing is matched until a test sets the delay to 0 ("matching happened").
 NEVER = 3600.0
-JSON_KEYS = {"audience", "customer_list", "confirmed_members", "match_rate"}
+JSON_KEYS = {"audience", "customer_list", "confirmed_members", "match_rate", "actalike_audiences"}
 AUDIENCE_KEYS = {"id", "name", "status", "size"}
 LIST_KEYS = {
     "id",

@@ -1,5 +1,6 @@
-"""`status`: reads one CUSTOMER_LIST Audience and its Customer List, with the same tokens as
-`check`, and the confirmed members from the snapshot store (sync/status.py does the reading).
+"""`status`: reads one CUSTOMER_LIST Audience, its Customer List and the ACTALIKE audiences it
+seeds, with the same tokens as `check`, and the confirmed members from the snapshot store
+(sync/status.py does the reading).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def _which_audience(args: argparse.Namespace) -> tuple[str | None, str | None]:
 
 
 def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """Print the Audience's and its list's status, the confirmed members and the match rate."""
+    """Print the Audience's and its list's status, the confirmed members, the match rate and
+    the actalike audiences it seeds."""
 
     def fail(message: str, code: int = 1) -> int:
         line = message.replace("\r", " ").replace("\n", " ")

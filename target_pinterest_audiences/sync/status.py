@@ -7,12 +7,14 @@ one already in (or absent from) the list, so they say nothing about matching. Th
 that does is the target's own: the identifiers Pinterest confirmed, kept in the snapshot store
 (snapshot.py). The match rate compares the two (report.py holds the rule).
 
-Reads only: two or three GETs, and the snapshot opened read-only (no lock, no new file).
+Also the ACTALIKE audiences seeded with the Audience (sync/actalike.py makes them).
+
+Reads only: a few GETs, and the snapshot opened read-only (no lock, no new file).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -29,6 +31,11 @@ _AUDIENCE_STATUS_WORDS = {
     "READY": "targetable",
     "INITIALIZING": "not matched yet",
     "TOO_SMALL": f"fewer than {MIN_AUDIENCE_SIZE} matched users: not targetable yet",
+}
+_ACTALIKE_STATUS_WORDS = {
+    "READY": "targetable",
+    "INITIALIZING": "Pinterest is still making it",
+    "TOO_SMALL": "too small to target",
 }
 _LIST_STATUS_WORDS = {
     "PROCESSING": "Pinterest is matching the latest upload",
@@ -50,6 +57,9 @@ class AudienceStatus:
     customer_list: dict[str, Any]
     confirmed_members: int | None
     snapshot_where: str
+    #: The account's ACTALIKE audiences seeded with this Audience: id, name, country,
+    #: percentage, status, size.
+    actalikes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def match_rate(self) -> float | None:
@@ -64,6 +74,7 @@ class AudienceStatus:
             "customer_list": dict(self.customer_list),
             "confirmed_members": self.confirmed_members,
             "match_rate": self.match_rate,
+            "actalike_audiences": [dict(a) for a in self.actalikes],
         }
 
     def table(self) -> str:
@@ -92,6 +103,7 @@ class AudienceStatus:
             f"Audience          {a['id']} {_name(a['name'])}",
             f"  status          {_with_words(a['status'], _AUDIENCE_STATUS_WORDS)}",
             f"  size            {size}",
+            *self._actalike_rows(),
             f"Customer List     {c['id']} {_name(c['name'])}",
             f"  status          {_with_words(c['status'], _LIST_STATUS_WORDS)}",
             f"  uploaded        {_count(c['num_uploaded_user_records'])} user records "
@@ -103,6 +115,20 @@ class AudienceStatus:
             f"Match rate        {rate_text}",
         ]
         return "\n".join(rows)
+
+    def _actalike_rows(self) -> list[str]:
+        if not self.actalikes:
+            return [
+                "  actalikes       none (the setting actalike_audiences has the target keep some)"
+            ]
+        rows = []
+        for a in self.actalikes:
+            size = f"size {a['size']}" if a["size"] is not None else "size unknown until made"
+            rows.append(
+                f"  actalike        {a['id']} {_name(a['name'])}: {a['country']} "
+                f"{a['percentage']}%, {_with_words(a['status'], _ACTALIKE_STATUS_WORDS)}, {size}"
+            )
+        return rows
 
 
 def _name(value: Any) -> str:
@@ -225,7 +251,34 @@ def read_status(
         },
         confirmed_members=confirmed_members(store, list_id),
         snapshot_where=store.where,
+        actalikes=actalikes_of(client, ad_account_id, found_id),
     )
+
+
+def actalikes_of(
+    client: PinterestClient, ad_account_id: str, audience_id: str
+) -> list[dict[str, Any]]:
+    """The account's ACTALIKE audiences whose seed is this Audience (one listing)."""
+    found = []
+    for item in client.paginate(f"/ad_accounts/{ad_account_id}/audiences"):
+        rule = item.get("rule") or {}
+        seeds = rule.get("seed_id")
+        if item.get("audience_type") != "ACTALIKE" or not isinstance(seeds, list):
+            continue
+        if audience_id not in [str(s) for s in seeds]:
+            continue
+        status = item.get("status")
+        found.append(
+            {
+                "id": str(item.get("id")),
+                "name": item.get("name"),
+                "country": rule.get("country"),
+                "percentage": rule.get("percentage"),
+                "status": status if isinstance(status, str) else None,
+                "size": as_size(item.get("size")),
+            }
+        )
+    return found
 
 
 def confirmed_members(store: SnapshotStore, list_id: str) -> int | None:
