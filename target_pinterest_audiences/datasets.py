@@ -193,7 +193,6 @@ class Dataset:
     def bind(self, stream: str) -> None:
         """The run's eagerly started dataset takes the first stream that has no entry of its own."""
         self.stream = stream
-        self.uploader.set_label(stream)
         if self.report.audience_name is None and not self.settings["audience_id"]:
             self._name_audience(self._audience_name(None))
 
