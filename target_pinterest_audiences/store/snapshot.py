@@ -27,6 +27,7 @@ the SQLite files, a session advisory lock in PostgreSQL; both die with the proce
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import logging
 import os
@@ -327,6 +328,33 @@ class SnapshotStore:
 
     # ---- snapshots -------------------------------------------------------------------
 
+    def list_ids(self) -> list[str]:
+        """The ids of every list this store keeps a snapshot of for its ad account."""
+        if self.url:
+            conn = self._pg_connect()
+            try:
+                if not self._pg_ready:
+                    self._pg_ensure_tables(conn)
+                cur = conn.cursor()
+                cur.execute(
+                    f"SELECT list_id FROM {_LISTS} WHERE ad_account_id = %s",
+                    (self.ad_account_id,),
+                )
+                ids = [str(row[0]) for row in cur.fetchall()]
+                conn.commit()
+            finally:
+                conn.close()
+        else:
+            prefix = f"snapshot-{self._sqlite_account()}-"
+            ids = [
+                path.name[len(prefix) : -len(".sqlite")]
+                for path in self.directory.glob(f"{glob.escape(prefix)}*.sqlite")
+            ]
+        return sorted({i for i in ids if re.fullmatch(r"[0-9]{1,18}", i)}, key=int)
+
+    def _sqlite_account(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.@-]+", "_", self.ad_account_id)
+
     def open(
         self,
         list_id: str,
@@ -353,8 +381,7 @@ class SnapshotStore:
             if not self._pg_ready:
                 self._pg_ensure_tables(conn)
         else:
-            account = re.sub(r"[^A-Za-z0-9_.@-]+", "_", self.ad_account_id)
-            path = self.directory / f"snapshot-{account}-{list_id}.sqlite"
+            path = self.directory / f"snapshot-{self._sqlite_account()}-{list_id}.sqlite"
             if readonly and not path.exists():
                 return None
             self._make_directory()

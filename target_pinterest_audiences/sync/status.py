@@ -1,4 +1,5 @@
-"""`status`: what Pinterest made of the uploads, for one Audience and its Customer List.
+"""`status`: what Pinterest made of the uploads, for one Audience and its Customer List, or for
+every Audience the target keeps for an ad account.
 
 Pinterest matches a list's identifiers to its users some time after each upload (24-48 hours):
 until then an Audience has no `size` and is INITIALIZING. The list's counters
@@ -279,6 +280,51 @@ def actalikes_of(
             }
         )
     return found
+
+
+def read_account_status(
+    client: PinterestClient, store: SnapshotStore, ad_account_id: str
+) -> list[AudienceStatus]:
+    """Every CUSTOMER_LIST Audience of the lists this store keeps for the ad account: one
+    listing of the account's Audiences, then each Audience and its list read as above."""
+    kept = set(store.list_ids())
+    if not kept:
+        return []
+    found = [
+        str(item.get("id"))
+        for item in client.paginate(f"/ad_accounts/{ad_account_id}/audiences")
+        if item.get("audience_type") == "CUSTOMER_LIST"
+        and str((item.get("rule") or {}).get("customer_list_id")) in kept
+    ]
+    return [read_status(client, store, ad_account_id, audience_id=each) for each in found]
+
+
+def account_table(statuses: list[AudienceStatus], ad_account_id: str, where: str) -> str:
+    """One row per Audience: a short table for people."""
+    if not statuses:
+        return (
+            f"No Audience of ad account {ad_account_id} is kept by this target (snapshot store "
+            f"{where}): run the target, or check --snapshot-path / --snapshot-url"
+        )
+    header = ("AUDIENCE", "NAME", "STATUS", "SIZE", "LIST", "CONFIRMED", "MATCH RATE")
+    rows = [header]
+    for each in statuses:
+        a, c, rate = each.audience, each.customer_list, each.match_rate
+        rows.append(
+            (
+                a["id"],
+                _name(a["name"]),
+                a["status"] or "-",
+                "-" if a["size"] is None else str(a["size"]),
+                c["id"],
+                "-" if each.confirmed_members is None else str(each.confirmed_members),
+                "-" if rate is None else f"{rate:.1%}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.append(f"({len(statuses)} Audiences; snapshot store {where}; '-': not known yet)")
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def confirmed_members(store: SnapshotStore, list_id: str) -> int | None:
