@@ -194,6 +194,33 @@ def test_the_readme_is_a_first_screen() -> None:
         assert command in text, command
 
 
+_REPO_PATH = re.compile(
+    r"(?<![\w/.-])((?:docs|benchmarks|scripts|tests|plugin|target_pinterest_audiences)/[\w./-]*"
+    r"\.(?:md|py|sh|ya?ml|json|csv|toml))\b"
+)
+_NAMING_FILES = (
+    "README.md",
+    "CHANGELOG.md",
+    "benchmarks/README.md",
+    "meltano.yml",
+    "pyproject.toml",
+)
+
+
+def test_paths_named_in_the_docs_exist() -> None:
+    """A file such as `docs/settings.md` or `target_pinterest_audiences/sync/mirror.py` named in
+    the documentation, the changelog, meltano.yml or the Hub definition still exists."""
+    files = [REPO / name for name in _NAMING_FILES] + sorted(DOCS.glob("*.md"))
+    files += sorted((REPO / "plugin").rglob("*.yml"))
+    missing = []
+    for page in files:
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), start=1):
+            for path in _REPO_PATH.findall(line):
+                if "<" not in path and "*" not in path and not (REPO / path).exists():
+                    missing.append(f"{page.relative_to(REPO)}:{number}: {path}")
+    assert not missing, "paths that no longer exist:\n" + "\n".join(missing)
+
+
 # ---- the settings page ----------------------------------------------------------------------
 
 
