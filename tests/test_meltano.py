@@ -6,8 +6,8 @@
   PostgreSQL server given by the PG* variables (scripts/setup-postgres.sh starts one);
   without one the test is skipped and says why (TPA_REQUIRE_POSTGRES=1 makes that a failure);
 - `meltano config list` shows every setting the target has, never a secret.
-- many segments at once: the README's recipe (one inherited extractor and loader per
-  segment) run as three parallel `meltano run` jobs on one emulator and one token file.
+- many segments at once: the recipe of docs/many-segments.md (one inherited extractor and
+  loader per segment) run as three parallel `meltano run` jobs on one emulator and one token file.
 
 Each test gets its own emulator and Meltano project; Meltano and the plugin venvs are built
 once and cached (tests/meltano_helpers.py).
@@ -341,18 +341,18 @@ def test_config_list_shows_settings_not_secrets(meltano: mh.Meltano) -> None:
 
 # ---- many segments at once -------------------------------------------------------------------
 
-_RECIPE_MARKER = "<!-- tests/test_meltano.py merges this block"
+_RECIPE_MARKER = "<!-- tests/test_meltano.py merges this block into a project and runs its jobs at once"
 
 
 def segments_recipe() -> dict[str, Any]:
-    """The README's recipe for many segments, exactly as a user copies it."""
-    text = (mh.REPO / "README.md").read_text(encoding="utf-8")
+    """The recipe of docs/many-segments.md, exactly as a user copies it."""
+    text = (mh.REPO / "docs" / "many-segments.md").read_text(encoding="utf-8")
     start = text.index("```yaml\n", text.index(_RECIPE_MARKER)) + len("```yaml\n")
     return yaml.safe_load(text[start : text.index("```", start)])
 
 
 def test_segments_run_as_parallel_jobs(meltano: mh.Meltano, emu: Emulator, sample: Any) -> None:
-    """Three segment jobs of the README's recipe at once: one source, one emulator, one token
+    """Three segment jobs of the docs' recipe at once: one source, one emulator, one token
     file whose refresh token is single-use and rotated while the jobs run."""
     recipe = segments_recipe()
     project_file = meltano.project / "meltano.yml"
