@@ -341,7 +341,9 @@ def test_config_list_shows_settings_not_secrets(meltano: mh.Meltano) -> None:
 
 # ---- many segments at once -------------------------------------------------------------------
 
-_RECIPE_MARKER = "<!-- tests/test_meltano.py merges this block into a project and runs its jobs at once"
+_RECIPE_MARKER = (
+    "<!-- tests/test_meltano.py merges this block into a project and runs its jobs at once"
+)
 
 
 def segments_recipe() -> dict[str, Any]:
