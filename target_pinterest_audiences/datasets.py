@@ -25,7 +25,7 @@ from target_pinterest_audiences import settings
 from target_pinterest_audiences.errors import TargetError
 from target_pinterest_audiences.pinterest.client import PinterestClient
 from target_pinterest_audiences.settings import PER_STREAM_SETTINGS
-from target_pinterest_audiences.sink import RecordFlow
+from target_pinterest_audiences.sink import ActiveStreams, RecordFlow
 from target_pinterest_audiences.store.snapshot import SnapshotStore
 from target_pinterest_audiences.sync.actalike import ensure_actalikes
 from target_pinterest_audiences.sync.checkpoint import StateGate
@@ -108,6 +108,7 @@ class RunContext:
     dry_run: bool
     skip_invalid: bool
     setting: Callable[[str], Any]
+    active: ActiveStreams
 
 
 class Dataset:
@@ -160,6 +161,7 @@ class Dataset:
             external_id_type=cfg["external_id_type"],
             rejected=run.rejected,
             on_segment=self._on_segment,
+            active=run.active,
         )
         self.started = False
 

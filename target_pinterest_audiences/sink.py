@@ -12,6 +12,7 @@ attached to the open batch, so it is emitted only after every record before it i
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -52,8 +53,11 @@ class RecordFlow:
         external_id_type: str | None = None,
         rejected: RejectedRecords | None = None,
         on_segment: Callable[[str, str | None], None] | None = None,
+        active: ActiveStreams | None = None,
     ) -> None:
         self.uploader = uploader
+        #: The run's streams holding records in memory (bounded across streams).
+        self.active = active
         #: Told the stream's segment at its first record (the run checks that no two
         #: streams sync one segment, before either writes it).
         self.on_segment = on_segment
@@ -80,6 +84,8 @@ class RecordFlow:
         self.open = Batch()
 
     def add(self, record: dict[str, Any], stream: str) -> None:
+        if self.active is not None and self.active.last is not self:
+            self.active.touch(self)
         if len(self.open.ops) + len(self.open.keeps) >= self.per_request:
             # The open batch is full: it is complete whatever this record turns out to be.
             self.cut()
@@ -133,13 +139,15 @@ class RecordFlow:
         """Nothing of this stream waits in the open batch (a tap state may ride on it)."""
         return not self.open.ops and not self.open.keeps
 
-    def cut(self) -> None:
-        """Hand the open batch to the writer (blocking while its queue is full)."""
+    def cut(self, *, flush: bool = False) -> None:
+        """Hand the open batch to the writer (blocking while its queue is full); `flush`:
+        the writer sends what it buffers too (the stream went quiet, see ActiveStreams)."""
         if self.uploader.error is not None:
             raise _as_target_error(self.uploader.error)
         batch = self.open
-        if not batch.ops and not batch.keeps and batch.state_after is None:
+        if not batch.ops and not batch.keeps and batch.state_after is None and not flush:
             return
+        batch.flush = flush
         if not batch.ops:
             batch.last_record = self.record_number
         self.open = Batch(segment_name=batch.segment_name, segment_id=batch.segment_id)
@@ -217,6 +225,33 @@ class RecordFlow:
             "written. Split the data into one run per segment (for example one Meltano job "
             "per segment, filtered with stream_maps)"
         )
+
+
+class ActiveStreams:
+    """The streams whose records wait in memory (an open batch, the writer's buffer).
+
+    A tap reading many tables sends them one after another: each stream's last, partly
+    filled batch would wait for the end of the input, and with dozens of streams that is
+    dozens of batches in memory. When a record of another stream arrives and more than
+    `limit` streams hold records, the one quiet longest hands its records on and its writer
+    sends them, so memory stays bounded however many streams a run has. Streams that
+    interleave (one table split by stream maps) stay under the limit and keep full batches.
+    """
+
+    def __init__(self, limit: int = 4) -> None:
+        self.limit = limit
+        self.last: RecordFlow | None = None
+        self._recent: OrderedDict[RecordFlow, None] = OrderedDict()
+
+    def touch(self, flow: RecordFlow) -> None:
+        """`flow` takes a record (called only when the stream changes)."""
+        self.last = flow
+        recent = self._recent
+        recent[flow] = None
+        recent.move_to_end(flow)
+        while len(recent) > self.limit:
+            quiet, _ = recent.popitem(last=False)
+            quiet.cut(flush=True)
 
 
 def _as_target_error(exc: BaseException) -> TargetError:

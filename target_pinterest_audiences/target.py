@@ -45,7 +45,7 @@ from target_pinterest_audiences.reader import (
     missing_local_file,
 )
 from target_pinterest_audiences.settings import DEFAULT_API_URL, SECRET_SETTINGS
-from target_pinterest_audiences.sink import AudienceSink
+from target_pinterest_audiences.sink import ActiveStreams, AudienceSink
 from target_pinterest_audiences.store.snapshot import SnapshotStore
 from target_pinterest_audiences.sync.checkpoint import StateGate
 from target_pinterest_audiences.sync.rejected import RejectedRecords
@@ -182,6 +182,7 @@ class TargetPinterestAudiences(Target):
             dry_run=self.dry_run,
             skip_invalid=skip_invalid,
             setting=self._setting,
+            active=ActiveStreams(),
         )
         #: Each stream's dataset, by the stream's name after stream maps.
         self.datasets: dict[str, Dataset] = {}

@@ -155,3 +155,28 @@ def test_a_write_left_in_flight_by_a_dead_process_counts_until_its_latest_answer
     before = now[0]
     SharedWriteWindow(path, 1, in_flight_seconds=65.0, clock=lambda: now[0], sleep=sleep).acquire()
     assert now[0] == before
+
+
+def test_quiet_streams_hand_their_records_on_beyond_the_limit():
+    """With many streams read one after another, only `limit` streams keep records waiting."""
+    from target_pinterest_audiences.sink import ActiveStreams
+
+    cuts: list[str] = []
+
+    class Flow:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def cut(self, *, flush: bool = False) -> None:
+            assert flush
+            cuts.append(self.name)
+
+    active = ActiveStreams(limit=2)
+    a, b, c, d = Flow("a"), Flow("b"), Flow("c"), Flow("d")
+    for flow in (a, b, a, b, a):  # two interleaved streams: nobody is cut
+        active.touch(flow)
+    assert cuts == []
+    active.touch(c)  # a third: b was quiet longest
+    assert cuts == ["b"]
+    active.touch(d)
+    assert cuts == ["b", "a"]

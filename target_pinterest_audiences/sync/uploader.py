@@ -53,7 +53,9 @@ class Batch:
     segment_id: str | None = None
     last_record: int = 0
     #: The latest tap state received after every record of this batch, if any.
-    state_after: dict[str, Any] | None = None
+    state_after: Any = None
+    #: Send what the writer buffers too (the stream went quiet).
+    flush: bool = False
 
 
 _STOP = object()
@@ -299,7 +301,7 @@ class Uploader:
                 return
             self.write_batch(item)
             checkpoints.received(item.state_after, item.last_record)
-            if time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds:
+            if item.flush or time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds:
                 writer.flush(full_only=False)
             if not writer.buffered and self.mirror is None:
                 # (A mirror run checkpoints at its end only: no tap state to pass on, and
