@@ -35,6 +35,8 @@ from typing import Any
 
 import requests
 
+from target_pinterest_audiences.private_files import UnsafePath, make_private_dirs, open_private
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock, so parallel runs there are not serialized
@@ -102,17 +104,17 @@ class TokenStore:
         if fcntl is None:
             yield
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            make_private_dirs(self.path.parent)
+            fd = open_private(self.lock_path, os.O_RDWR | os.O_CREAT, "the token lock file")
+        except UnsafePath as exc:
+            raise TokenFileError(str(exc)) from None
         except OSError as exc:
             raise TokenFileError(
                 f"cannot open the token lock file {self.lock_path} ({exc.strerror or exc}); "
                 "check that its folder is writable by this user"
             ) from None
         try:
-            with contextlib.suppress(OSError):  # someone else's file: keep its mode
-                os.fchmod(fd, 0o600)
             deadline = time.monotonic() + wait_seconds
             pause = 0.005
             while True:
@@ -147,11 +149,19 @@ class TokenStore:
             os.close(fd)
 
     def load(self) -> dict[str, Any] | None:
-        """The stored tokens, or None when there is no usable file."""
+        """The stored tokens, or None when there is no usable file.
+
+        A token file that is a symbolic link or belongs to another user is refused: whoever
+        controls it could hand this run their tokens, or read the ones it saves.
+        """
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            fd = open_private(self.path, os.O_RDONLY, "the token file")
+            with os.fdopen(fd, encoding="utf-8") as handle:
+                data = json.loads(handle.read())
         except FileNotFoundError:
             return None
+        except UnsafePath as exc:
+            raise TokenFileError(f"{exc} (token_cache_path)") from None
         except (OSError, ValueError) as exc:
             raise TokenFileError(
                 f"token file {self.path} cannot be read ({type(exc).__name__}); "
@@ -202,7 +212,7 @@ class TokenStore:
 
     def save(self, tokens: dict[str, Any]) -> None:
         """Atomic (temp file + rename), mode 0600: a crash never leaves half a token file."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(self.path.parent)
         fd, tmp = tempfile.mkstemp(prefix=".tokens-", dir=self.path.parent)
         try:
             os.fchmod(fd, 0o600)
