@@ -3,7 +3,6 @@ definition's test) and the rules that tie several settings together."""
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from singer_sdk import typing as th
 
 from target_pinterest_audiences.identifiers import EXTERNAL_ID_TYPES
 from target_pinterest_audiences.pinterest.tokens import default_token_cache_path
+from target_pinterest_audiences.urls import api_url_problem
 
 DEFAULT_API_URL = "https://api.pinterest.com/v5"
 SECRET_SETTINGS = ("access_token", "refresh_token", "client_id", "client_secret", "snapshot_url")
@@ -143,7 +143,10 @@ SCHEMA: dict[str, Any] = th.PropertiesList(
         th.StringType,
         default=DEFAULT_API_URL,
         title="API base URL",
-        description="Pinterest API v5 base URL; point it at the local emulator for testing.",
+        description=(
+            "Pinterest API v5 base URL (https); plain http:// is accepted only for a loopback "
+            "address, such as the local emulator."
+        ),
     ),
     th.Property(
         "on_invalid_record",
@@ -412,10 +415,9 @@ def cross_setting_errors(config: Mapping[str, Any]) -> list[str]:
         )
     for where, entry in entries:
         errors.extend(actalike_errors(entry.get("actalike_audiences"), where))
-    api_url = config.get("api_url") or DEFAULT_API_URL
-    parsed = urllib.parse.urlsplit(str(api_url))
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        errors.append("setting 'api_url' must be an http(s) URL such as " + DEFAULT_API_URL)
+    api_url_error = api_url_problem(config.get("api_url") or DEFAULT_API_URL, "setting 'api_url'")
+    if api_url_error:
+        errors.append(api_url_error)
     refresh_parts = {
         k: bool(config.get(k)) for k in ("refresh_token", "client_id", "client_secret")
     }

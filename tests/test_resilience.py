@@ -374,6 +374,12 @@ def test_timed_out_remove_landing_late_does_not_beat_a_later_add(emulator, base_
     }
     run = run_target(config, records(rows))
     assert run.returncode == 0, run.stderr
+    # The late REMOVE lands 2.5 s after it arrived, perhaps after the run ended: read the
+    # list only once it has (reading earlier let a target that never re-sends pass).
+    deadline = time.monotonic() + 15
+    while any(r["status"] is None for r in emulator.state(members=False)["requests"]):
+        assert time.monotonic() < deadline, "the emulator still holds unanswered requests"
+        time.sleep(0.05)
     assert the_members(emulator) == expected(1)
     assert "Re-sending the final action of 1 identifiers" in run.stderr
 

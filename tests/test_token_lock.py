@@ -340,7 +340,7 @@ def test_check_refreshes_under_the_lock(single_use: Emulator, tmp_path: Path) ->
     seed(store)  # no scope stored: check refreshes to learn it
     results: list[tuple[bool, str]] = []
 
-    def check() -> None:
+    def run_check() -> None:
         results.append(
             admin_check.check_connection(
                 ad_account_id=AD_ACCOUNT,
@@ -353,7 +353,7 @@ def test_check_refreshes_under_the_lock(single_use: Emulator, tmp_path: Path) ->
         )
 
     with store.lock():
-        thread = threading.Thread(target=check)
+        thread = threading.Thread(target=run_check)
         thread.start()
         thread.join(0.5)
         assert thread.is_alive() and token_grants(single_use) == []

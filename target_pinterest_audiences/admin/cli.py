@@ -29,6 +29,7 @@ from target_pinterest_audiences.admin.common import (
 )
 from target_pinterest_audiences.admin.connect import run_connect
 from target_pinterest_audiences.admin.status import run_status
+from target_pinterest_audiences.urls import api_url_problem
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,13 @@ def _account(text: str) -> str:
     return text
 
 
+def _api_url(text: str) -> str:
+    problem = api_url_problem(text, "the API URL")
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -76,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--api-url",
+        type=_api_url,
         default=_env("API_URL") or DEFAULT_API_URL,
         help=f"Pinterest API base URL (env {ENV_PREFIX}API_URL; default {DEFAULT_API_URL})",
     )

@@ -7,9 +7,11 @@ target reads (mode 0600). The code and the tokens are never printed or logged.
 from __future__ import annotations
 
 import argparse
+import errno
 import getpass
 import hmac
 import html
+import ipaddress
 import logging
 import os
 import secrets
@@ -276,8 +278,13 @@ def _read_pasted(session: AuthorizationSession, fd: int, say: Callable[[str], No
 # --------------------------------------------------------------------------- connect
 
 
-def _listen_address(args: argparse.Namespace) -> tuple[str, int, str, str | None]:
-    """(host to bind, port, callback path, fixed redirect URI or None to derive from the port)."""
+def _listen_address(args: argparse.Namespace) -> tuple[list[str], int, str, str | None]:
+    """(hosts to bind, port, callback path, fixed redirect URI or None to derive from the port).
+
+    For a redirect URI naming `localhost`, every loopback address the name may stand for
+    (127.0.0.1 and ::1, and whatever the resolver adds): a browser may try either, and an
+    address left free could be bound by another local user, who would receive the code.
+    """
     if args.redirect_uri:
         parsed = urllib.parse.urlsplit(args.redirect_uri)
         if parsed.scheme not in {"http", "https"} or not parsed.hostname:
@@ -298,10 +305,57 @@ def _listen_address(args: argparse.Namespace) -> tuple[str, int, str, str | None
                 args.redirect_uri,
                 port,
             )
-        host = "::1" if parsed.hostname == "::1" else "127.0.0.1"
-        return host, port, parsed.path or "/", args.redirect_uri
+        if parsed.hostname == "localhost":
+            hosts = _localhost_addresses(port)
+        else:
+            hosts = ["::1" if parsed.hostname == "::1" else "127.0.0.1"]
+        return hosts, port, parsed.path or "/", args.redirect_uri
     port = DEFAULT_REDIRECT_PORT if args.redirect_port is None else args.redirect_port
-    return "127.0.0.1", port, "/callback", None
+    return ["127.0.0.1"], port, "/callback", None
+
+
+def _localhost_addresses(port: int) -> list[str]:
+    """127.0.0.1, ::1 and every other address `localhost` resolves to; ValueError when one
+    of them is not a loopback address (the callback would then cross a network)."""
+    hosts = ["127.0.0.1", "::1"]
+    try:
+        found = socket.getaddrinfo("localhost", port, type=socket.SOCK_STREAM)
+    except OSError:
+        found = []
+    for _family, _type, _proto, _name, address in found:
+        host = str(address[0]).split("%", 1)[0]
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(
+                f"localhost resolves to {host}, which is not a loopback address: use a "
+                "redirect URI with 127.0.0.1 (http://127.0.0.1:PORT/...), registered in the app"
+            )
+        if host not in hosts:
+            hosts.append(host)
+    return hosts
+
+
+def _bind_all(hosts: list[str], port: int) -> list[_LoopbackServer]:
+    """One server per loopback address, all on one port (the first bound picks it when 0).
+    An address this machine does not have (no IPv6) is skipped: nobody can bind it either."""
+    servers: list[_LoopbackServer] = []
+    try:
+        for host in hosts:
+            server_class = _LoopbackServer6 if ":" in host else _LoopbackServer
+            try:
+                server = server_class((host, port), BaseHTTPRequestHandler)
+            except OSError as exc:
+                absent = exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+                if absent and len(hosts) > 1:
+                    continue
+                where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                raise OSError(exc.errno, f"{where} ({exc.strerror or exc})") from None
+            servers.append(server)
+            port = server.server_address[1]
+    except OSError:
+        for server in servers:
+            server.server_close()
+        raise
+    return servers
 
 
 def _next_steps(
@@ -440,23 +494,22 @@ def run_connect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         )
         return 2
     try:
-        host, port, path, fixed_uri = _listen_address(args)
+        hosts, port, path, fixed_uri = _listen_address(args)
     except ValueError as exc:
         say(str(exc))
         return 2
 
-    server_class = _LoopbackServer6 if host == "::1" else _LoopbackServer
     try:
         # The real handler is set once the port, hence the redirect URI, is known.
-        server = server_class((host, port), BaseHTTPRequestHandler)
+        servers = _bind_all(hosts, port)
     except OSError as exc:
         say(
-            f"Cannot listen on {host}:{port} for Pinterest's redirect ({exc.strerror or exc}). "
-            "Free that port, or choose another with --redirect-port (the redirect URI "
-            "registered in your Pinterest app must use the same port)."
+            f"Cannot listen for Pinterest's redirect on {exc.strerror}. Free that port, or "
+            "choose another with --redirect-port (the redirect URI registered in your "
+            "Pinterest app must use the same port)."
         )
         return 1
-    actual_port = server.server_address[1]
+    actual_port = servers[0].server_address[1]
     redirect_uri = fixed_uri or f"http://127.0.0.1:{actual_port}{path}"
     exchange = _exchange_function(
         api_url=args.api_url,
@@ -471,13 +524,13 @@ def run_connect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     session = AuthorizationSession(
         state=state, deadline=time.monotonic() + args.timeout, exchange=exchange, say=say
     )
-    server.RequestHandlerClass = _handler_class(session, path)
     link = build_authorize_url(args.authorize_url, client_id, redirect_uri, state)
-
-    serving = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
-    )
-    serving.start()
+    for server in servers:
+        server.RequestHandlerClass = _handler_class(session, path)
+        serving = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+        )
+        serving.start()
     lifetime = f"{args.timeout / 60:.0f} min" if args.timeout >= 60 else f"{args.timeout:.0f} s"
     say(
         "Open the link below (printed on stdout) in a browser logged in to Pinterest as a user "
@@ -514,8 +567,9 @@ def run_connect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         say("Cancelled: the link is spent and nothing was saved by this run.")
         return 130
     finally:
-        server.shutdown()
-        server.server_close()
+        for server in servers:
+            server.shutdown()
+            server.server_close()
     if not finished or session.outcome is None:
         say(
             f"The link expired: no authorization arrived within {args.timeout:.0f} s. "

@@ -18,6 +18,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from target_pinterest_audiences.errors import TargetError
+from target_pinterest_audiences.private_files import make_private_dirs, open_private
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock, so parallel runs there share no window
@@ -218,9 +221,14 @@ class SharedWriteWindow:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[list[list[str]]]:
         """The window's lines, under the lock; what the block leaves in the list is written back."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open(self.path, flags, 0o600)
+        make_private_dirs(self.path.parent)
+        try:
+            fd = open_private(self.path, os.O_RDWR | os.O_CREAT, "the write window file")
+        except OSError as exc:
+            raise TargetError(
+                f"{exc} (it keeps the write window shared by the runs that use the token file "
+                "beside it; check token_cache_path)"
+            ) from None
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)

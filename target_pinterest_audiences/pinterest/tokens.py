@@ -10,12 +10,19 @@ refresh token stays valid once it has been used. So every refresh happens under 
 lock on a file beside the token file, and under that lock the file is read again first:
 a pair another process stored meanwhile is adopted instead of refreshing with a refresh
 token that may already be spent.
+
+A run killed after sending a refresh and before saving its answer leaves a refresh token
+Pinterest has probably replaced already. Nothing can recover that pair, but the next run can
+say what happened: before sending a refresh, the token file records that it started (the
+time, and the first 12 hex digits of the refresh token's SHA-256, never the token); saving
+the new pair clears it. A refusal of that same refresh token then names the stopped run.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from target_pinterest_audiences.private_files import UnsafePath, make_private_dirs, open_private
 
 try:
     import fcntl
@@ -41,6 +50,8 @@ ACCESS_TOKEN_MARGIN_SECONDS = 300
 LOCK_WAIT_SECONDS = 300.0
 #: Warn when the refresh token has less than this left.
 REFRESH_TOKEN_WARN_SECONDS = 7 * 24 * 3600
+#: Key of the token file's record of a refresh sent and not yet saved.
+REFRESH_STARTED = "refresh_started"
 
 _log = logging.getLogger(__name__)
 
@@ -59,6 +70,11 @@ class TokenFileError(AuthError):
 
 class TokenLockBusy(TokenFileError, TransientAuthError):
     """Another process holds the token lock too long: retried like an unreachable endpoint."""
+
+
+def fingerprint(token: str) -> str:
+    """Names a token without revealing it: the first 12 hex digits of its SHA-256."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
 def default_token_cache_path(ad_account_id: str) -> Path:
@@ -88,17 +104,17 @@ class TokenStore:
         if fcntl is None:
             yield
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            make_private_dirs(self.path.parent)
+            fd = open_private(self.lock_path, os.O_RDWR | os.O_CREAT, "the token lock file")
+        except UnsafePath as exc:
+            raise TokenFileError(str(exc)) from None
         except OSError as exc:
             raise TokenFileError(
                 f"cannot open the token lock file {self.lock_path} ({exc.strerror or exc}); "
                 "check that its folder is writable by this user"
             ) from None
         try:
-            with contextlib.suppress(OSError):  # someone else's file: keep its mode
-                os.fchmod(fd, 0o600)
             deadline = time.monotonic() + wait_seconds
             pause = 0.005
             while True:
@@ -133,11 +149,19 @@ class TokenStore:
             os.close(fd)
 
     def load(self) -> dict[str, Any] | None:
-        """The stored tokens, or None when there is no usable file."""
+        """The stored tokens, or None when there is no usable file.
+
+        A token file that is a symbolic link or belongs to another user is refused: whoever
+        controls it could hand this run their tokens, or read the ones it saves.
+        """
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            fd = open_private(self.path, os.O_RDONLY, "the token file")
+            with os.fdopen(fd, encoding="utf-8") as handle:
+                data = json.loads(handle.read())
         except FileNotFoundError:
             return None
+        except UnsafePath as exc:
+            raise TokenFileError(f"{exc} (token_cache_path)") from None
         except (OSError, ValueError) as exc:
             raise TokenFileError(
                 f"token file {self.path} cannot be read ({type(exc).__name__}); "
@@ -145,9 +169,50 @@ class TokenStore:
             ) from None
         return data if isinstance(data, dict) else None
 
+    def mark_refresh(self, refresh_token: str) -> float | None:
+        """Record in the token file that a refresh with `refresh_token` starts now.
+
+        Call with the lock held, before sending it. The file's ``refresh_started`` maps the
+        fingerprint of each refresh token sent and not yet answered to the time it was sent.
+        Returns the time an earlier refresh with the same token was recorded (it never saved
+        its answer), keeping that time; None when there was none. A file that cannot be
+        written stops the refresh before the token is spent (its answer could not be saved).
+        """
+        try:
+            stored = self.load() or {}
+        except TokenFileError:
+            stored = {}  # unreadable: the new pair replaces it anyway
+        marks = stored.get(REFRESH_STARTED)
+        marks = dict(marks) if isinstance(marks, dict) else {}
+        key = fingerprint(refresh_token)
+        earlier = _number(marks.get(key))
+        if key in marks:
+            return earlier if earlier is not None else 0.0
+        marks[key] = int(time.time())
+        try:
+            self.save({**stored, REFRESH_STARTED: marks})
+        except OSError as exc:
+            raise TokenFileError(
+                f"cannot write the token file {self.path} ({exc.strerror or exc}); the "
+                "refresh token was not used. Check that its folder is writable by this user"
+            ) from None
+        return None
+
+    def clear_refresh_mark(self, refresh_token: str) -> None:
+        """Pinterest refused `refresh_token`: its refresh was never applied, so the record
+        this process made before sending it says nothing true any more."""
+        with contextlib.suppress(TokenFileError, OSError):
+            stored = self.load()
+            marks = stored.get(REFRESH_STARTED) if stored else None
+            key = fingerprint(refresh_token)
+            if stored is not None and isinstance(marks, dict) and key in marks:
+                rest = {k: v for k, v in marks.items() if k != key}
+                stored = {k: v for k, v in stored.items() if k != REFRESH_STARTED}
+                self.save({**stored, REFRESH_STARTED: rest} if rest else stored)
+
     def save(self, tokens: dict[str, Any]) -> None:
         """Atomic (temp file + rename), mode 0600: a crash never leaves half a token file."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(self.path.parent)
         fd, tmp = tempfile.mkstemp(prefix=".tokens-", dir=self.path.parent)
         try:
             os.fchmod(fd, 0o600)
@@ -402,7 +467,9 @@ class TokenManager:
         if self._config_refresh and self._config_refresh not in candidates:
             candidates.append(self._config_refresh)
         last_error: AuthError | None = None
+        stopped_error: AuthError | None = None
         for index, refresh in enumerate(candidates):
+            earlier = self.store.mark_refresh(refresh) if self.store else None
             try:
                 answer = request_token(
                     self.api_url,
@@ -413,18 +480,22 @@ class TokenManager:
                     session=self.session,
                 )
             except TransientAuthError:
-                raise
+                raise  # the record stays: the refresh may have been applied, its answer lost
             except AuthError as exc:
                 last_error = exc
+                if earlier is not None:
+                    stopped_error = AuthError(f"{_stopped_refresh(earlier)}. Pinterest said: {exc}")
+                elif self.store is not None:
+                    self.store.clear_refresh_mark(refresh)
                 if index + 1 < len(candidates):
                     self.logger.warning(
                         "Stored refresh token refused; trying the refresh token from the config"
                     )
                 continue
-            self._accept(answer, previous_refresh=refresh)
+            self._accept(answer, previous_refresh=refresh)  # the saved pair clears the record
             return
         assert last_error is not None
-        raise last_error
+        raise stopped_error or last_error
 
     def _accept(self, answer: dict[str, Any], previous_refresh: str) -> None:
         record = token_record(answer)
@@ -458,6 +529,16 @@ class TokenManager:
                 "before then",
                 max(left, 0) / 86400,
             )
+
+
+def _stopped_refresh(at: float) -> str:
+    """What a refusal means when the token file says a refresh with that token never finished."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at)) if at else "an unknown time"
+    return (
+        f"A run was stopped at {when} while refreshing the token (the token file records it): "
+        "Pinterest has probably already replaced that refresh token, and the new one was never "
+        "saved. Connect again with `target-pinterest-audiences-admin connect`"
+    )
 
 
 def _number(value: Any) -> float | None:

@@ -42,6 +42,14 @@ from pathlib import Path
 from typing import Any
 
 from target_pinterest_audiences.errors import TargetError
+from target_pinterest_audiences.private_files import (
+    UnsafePath,
+    check_own_directory,
+    ensure_private_file,
+    make_private_dirs,
+    open_private,
+)
+from target_pinterest_audiences.urls import mask_url
 
 try:  # POSIX only; elsewhere runs are not locked against each other (said in a warning).
     import fcntl
@@ -123,8 +131,8 @@ def default_snapshot_dir() -> Path:
 
 
 def describe_url(url: str) -> str:
-    """A store URL for logs: the password is never shown."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """A store URL for logs: no password nor other secret is ever shown (urls.mask_url)."""
+    return mask_url(url)
 
 
 class KeyCodec:
@@ -141,6 +149,8 @@ class KeyCodec:
 
 
 _HEX_KEY = re.compile(r"(?:[0-9a-f]{2})+")
+#: A Pinterest id: digits only (it names the list's snapshot file).
+_LIST_ID = re.compile(r"[0-9]{1,20}")
 
 
 #: The API whose lists need no qualifier in the store (every other one is named).
@@ -207,7 +217,10 @@ class SnapshotStore:
             return
         self._make_directory()
         path = self.directory / f"{self._file_stem(name)}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = open_private(path, os.O_RDWR | os.O_CREAT, "the snapshot lock file")
+        except UnsafePath as exc:
+            raise SnapshotError(str(exc)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -223,7 +236,10 @@ class SnapshotStore:
 
     def _make_directory(self) -> None:
         try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dirs(self.directory)
+            check_own_directory(self.directory, "the snapshot directory")
+        except UnsafePath as exc:
+            raise SnapshotError(f"{exc} (setting snapshot_path)") from None
         except OSError as exc:
             raise SnapshotError(
                 f"cannot create the snapshot directory {self.directory} ({type(exc).__name__}); "
@@ -381,6 +397,11 @@ class SnapshotStore:
             if not self._pg_ready:
                 self._pg_ensure_tables(conn)
         else:
+            if not _LIST_ID.fullmatch(str(list_id)):
+                raise SnapshotError(
+                    f"Customer List id {str(list_id)[:40]!r} is not a Pinterest id (digits "
+                    "only): it is never used in a file name"
+                )
             path = self.directory / f"snapshot-{self._sqlite_account()}-{list_id}.sqlite"
             if readonly and not path.exists():
                 return None
@@ -505,11 +526,20 @@ def _unreadable(path: Path, exc: Exception) -> str:
 
 
 def _sqlite_connect(path: Path) -> Any:
+    fresh = not path.exists()
     try:
-        fresh = not path.exists()
+        # Private before SQLite opens it (SQLite gives its -wal and -shm files the same mode).
+        ensure_private_file(path, "the snapshot file")
+        for side in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+            if os.path.lexists(side):
+                ensure_private_file(side, "the snapshot file")
+    except UnsafePath as exc:
+        raise SnapshotError(str(exc)) from None
+    except OSError as exc:
+        raise SnapshotError(_unreadable(path, exc)) from None
+    try:
         conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
         if fresh:
-            os.chmod(path, 0o600)
             # Before any table: lets close() return the pages the log used.
             conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")

@@ -5,16 +5,18 @@ When rejected_records_path is set, every skipped record is appended as one JSON 
 record number, stream, key properties with their values, the field at fault and the
 reason. Identifier values are never written, not even when an identifier field is a key
 property, or a key property holds an identifier's value (a column renamed or copied into
-`email` by stream_maps keeps its own name in the key properties): the file exists to find
-rows, and is often passed around more freely than the data. It is private (mode 0600)
-whatever the umask, also when it already existed.
+`email` by stream_maps keeps its own name in the key properties), or any key value looks like
+an identifier (an email address, a device id, a hex digest), whatever the identifier fields
+hold: the file exists to find rows, and is often passed around more freely than the data. It
+is private (mode 0600) whatever the umask, also when it already existed, and a symbolic link
+in its place is refused, never followed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import stat
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,25 @@ from singer_sdk.singerlib.json import serialize_json
 
 from target_pinterest_audiences.errors import TargetError
 from target_pinterest_audiences.identifiers import IDENTIFIER_FIELDS
+from target_pinterest_audiences.private_files import UnsafePath, open_private
 
 #: Key properties never written: identifier fields, whatever their case or padding.
 _IDENTIFIER_NAMES = frozenset(IDENTIFIER_FIELDS)
+
+
+#: Values that look like an identifier, whichever field holds them: an email address, a device
+#: id (a UUID, with or without its dashes or braces) or a hex digest (SHA-256, MD5 or SHA-1).
+_LOOKS_LIKE_IDENTIFIER = re.compile(
+    r"\s*(?:[^@\s]+@[^@\s]+"
+    r"|\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?"
+    r"|[0-9a-f]{40}|[0-9a-f]{64})\s*",
+    re.IGNORECASE,
+)
+
+
+def looks_like_identifier(value: Any) -> bool:
+    """Whether a key's value could be a person's identifier (never written to the file)."""
+    return isinstance(value, str) and _LOOKS_LIKE_IDENTIFIER.fullmatch(value) is not None
 
 
 def _folded(value: str) -> str:
@@ -45,29 +63,15 @@ class RejectedRecords:
         self._left_out_said: set[str] = set()
         where = f"setting 'rejected_records_path' ({self.path})"
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            what = "the rejected-records file (setting 'rejected_records_path')"
+            fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, what)
+        except UnsafePath as exc:
+            raise TargetError(str(exc)) from None
         except OSError as exc:
             raise TargetError(
                 f"{where}: cannot open the file for appending ({exc.strerror}); point it at a "
                 "file in an existing, writable directory"
             ) from None
-        try:
-            mode = os.fstat(fd).st_mode
-            if not stat.S_ISREG(mode):
-                raise TargetError(f"{where} is not a regular file; point it at a file")
-            # The umask may have removed bits from a new file, and an existing one may be
-            # readable by others: either way it ends exactly 0600.
-            if stat.S_IMODE(mode) != 0o600:
-                os.fchmod(fd, 0o600)
-        except OSError as exc:
-            os.close(fd)
-            raise TargetError(
-                f"{where}: cannot make the file private (mode 0600) ({exc.strerror}); point "
-                "it at a file you own"
-            ) from None
-        except TargetError:
-            os.close(fd)
-            raise
         # Line-buffered: every line is on disk as soon as it is written, even if the run dies.
         self._file = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
 
@@ -93,8 +97,10 @@ class RejectedRecords:
         left_out = []
         for key in key_properties:
             value = record.get(key)
-            if key.strip().lower() in _IDENTIFIER_NAMES or (
-                isinstance(value, str) and _folded(value) in identifier_values
+            if (
+                key.strip().lower() in _IDENTIFIER_NAMES
+                or (isinstance(value, str) and _folded(value) in identifier_values)
+                or looks_like_identifier(value)
             ):
                 left_out.append(key)
             else:

@@ -8,6 +8,7 @@ whose answer was lost is looked for before it is tried again.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,23 @@ from target_pinterest_audiences.pinterest.client import (
 )
 from target_pinterest_audiences.store.snapshot import MAX_SETTLE_WAIT_SECONDS
 from target_pinterest_audiences.sync.report import LIST_STATUS_UNREAD, Report, as_size
+
+#: A Pinterest id as the API documents it (`^\d+$`): anything else never reaches a URL or a
+#: file name (a path such as "../x" in an answer would otherwise change the request or file).
+_API_ID = re.compile(r"[0-9]{1,20}")
+
+
+def api_id(value: Any, what: str) -> str:
+    """An id from an API answer, checked: digits only, or a TargetError naming it."""
+    text = str(value)
+    if isinstance(value, bool) or not _API_ID.fullmatch(text):
+        raise TargetError(
+            f"Pinterest answered with an id of {what} that is not digits ({text[:40]!r}); it "
+            "is never used in a request or a file name. Run again later; if it persists, "
+            "report it with the run's log"
+        )
+    return text
+
 
 #: Stands for the list a dry run would have created, so later batches count as updates.
 DRY_RUN_NEW_LIST = "(new)"
@@ -111,7 +129,7 @@ class Resolver:
                 f"audience_id {self.audience_id} is a {audience.get('audience_type')} audience, "
                 "not a CUSTOMER_LIST audience: it has no Customer List to update"
             )
-        self.audience_rule_list = str(list_id)
+        self.audience_rule_list = api_id(list_id, "the Audience's customer_list_id")
         # Its created_time tells a snapshot kept under a reused id apart (snapshot.py).
         try:
             rule_list = self.client.request(
@@ -225,9 +243,11 @@ class Resolver:
         ]
         if len(found) != 1:
             return None
-        self.report.audience_id = str(found[0]["id"])
+        self.report.audience_id = api_id(found[0].get("id"), "audiences")
         list_id = (found[0].get("rule") or {}).get("customer_list_id")
-        self.report.segment_id = str(list_id) if list_id else None
+        self.report.segment_id = (
+            api_id(list_id, "the Audience's customer_list_id") if list_id else None
+        )
         return self.report.segment_id
 
     def read_audience_status(self, confirmed_members: Callable[[str], int | None]) -> None:
@@ -246,6 +266,7 @@ class Resolver:
             deadline=deadline,
         )
         list_id = (audience.get("rule") or {}).get("customer_list_id") or self.report.segment_id
+        list_id = api_id(list_id, "the Audience's customer_list_id") if list_id else None
         list_status = None
         if list_id:
             try:
@@ -287,7 +308,7 @@ class Resolver:
         """Ids of every item of a list endpoint that matches (Pinterest has no name filter)."""
         assert self.client is not None
         path = f"/ad_accounts/{self.account}/{kind}"
-        return [str(item["id"]) for item in self.client.paginate(path) if match(item)]
+        return [api_id(item.get("id"), kind) for item in self.client.paginate(path) if match(item)]
 
     def _look_for(
         self, kind: str, match: Callable[[dict[str, Any]], bool], until: float
@@ -322,7 +343,9 @@ class Resolver:
             return None
         path = f"/ad_accounts/{self.account}/audiences"
         named = [i for i in self.client.paginate(path) if i.get("name") == self.audience_name]
-        ours = [str(item["id"]) for item in named if self._audience_matches(item)]
+        ours = [
+            api_id(item.get("id"), "audiences") for item in named if self._audience_matches(item)
+        ]
         if ours or not named:
             return ours
         others = "; ".join(
@@ -455,7 +478,7 @@ class Resolver:
                     upload_exceptions(answer), self.client.last_rid, self.logger
                 )
                 self.created_time = answer.get("created_time")
-                return str(answer["id"])
+                return api_id(answer.get("id"), kind)
             except AmbiguousWrite as exc:
                 # A create that timed out may still be running on Pinterest's side: keep
                 # looking for a while (longer than one request may take) before creating again.
