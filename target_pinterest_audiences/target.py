@@ -44,15 +44,18 @@ from target_pinterest_audiences.reader import (
     missing_local_file,
 )
 from target_pinterest_audiences.settings import DEFAULT_API_URL, SECRET_SETTINGS
-from target_pinterest_audiences.sink import AudienceSink, RecordFlow
+from target_pinterest_audiences.sink import AudienceSink, RecordFlow, SuppressionSink
 from target_pinterest_audiences.store.snapshot import SnapshotStore
 from target_pinterest_audiences.sync.rejected import RejectedRecords
 from target_pinterest_audiences.sync.report import Report
+from target_pinterest_audiences.sync.suppression import SuppressionRun
 from target_pinterest_audiences.sync.uploader import Uploader
 from target_pinterest_audiences.sync.writer import MIN_AUDIENCE_SIZE
 
 if t.TYPE_CHECKING:
     from types import FrameType
+
+    from singer_sdk.sinks import Sink
 
 
 class Terminated(BaseException):
@@ -170,6 +173,23 @@ class TargetPinterestAudiences(Target):
                     "rejected_records_path is used only with on_invalid_record=skip (now: "
                     "fail, so an invalid record stops the run, naming it): no file is written"
                 )
+        #: The suppression set and this run's suppression streams (sync/suppression.py).
+        self.suppression = SuppressionRun(
+            store=self.store,
+            report=self.report,
+            logger=self.logger,
+            ad_account_id=config["ad_account_id"],
+            streams=self.suppression_streams,
+            dry_run=self.dry_run,
+            mirror=self.sync_mode == "mirror",
+            external_id_type=config.get("external_id_type"),
+            skip_invalid=skip_invalid,
+            rejected=self.rejected,
+            identifiers_per_request=int(self._setting("identifiers_per_request")),
+            concurrent_writes=int(self._setting("max_concurrent_writes")),
+            max_removal_fraction=float(self._setting("max_removal_fraction")),
+            allow_large_removal=bool(config.get("allow_large_removal")),
+        )
         if not self.dry_run:
             # Two runs on one audience at once would corrupt its snapshot: the second stops.
             audience = config.get("audience_id") or config.get("audience_name")
@@ -204,6 +224,7 @@ class TargetPinterestAudiences(Target):
             mirror=self.sync_mode == "mirror",
             external_id_type=config.get("external_id_type"),
             rejected=self.rejected,
+            suppressed=self.suppression.keys,
         )
         self.uploader.check_audience()
         self.uploader.start()
@@ -251,6 +272,17 @@ class TargetPinterestAudiences(Target):
             reads_per_minute=int(self._setting("max_reads_per_minute")),
             timeout=float(self._setting("request_timeout_seconds")),
         )
+
+    @property
+    def suppression_streams(self) -> frozenset[str]:
+        """The streams whose records are opt-outs (the setting suppression_streams)."""
+        return frozenset(self.config.get("suppression_streams") or ())
+
+    def get_sink_class(self, stream_name: str) -> type[Sink]:
+        """A suppression stream's records go to the suppression set, not to a segment."""
+        if stream_name in self.suppression_streams:
+            return SuppressionSink
+        return super().get_sink_class(stream_name)
 
     # ---- messages --------------------------------------------------------------------
 
@@ -358,6 +390,8 @@ class TargetPinterestAudiences(Target):
     def _process_state_message(self, message_dict: dict) -> None:
         """Never echo tap state at once: it waits until its records are written."""
         self._assert_line_requires(message_dict, requires={"value"})
+        # The suppression streams' records before it are kept before it can be written.
+        self.suppression.flush()
         self.flow.on_state(message_dict["value"])
 
     def _emit_state(self, state: dict[str, t.Any]) -> None:
@@ -380,13 +414,31 @@ class TargetPinterestAudiences(Target):
     def process_endofpipe(self) -> None:
         super().process_endofpipe()
         self.flow.cut()
-        self.uploader.finish(complete=True)
+        # A run that read only suppression streams has no segment source: its mirror
+        # segment must not take the missing records for an empty source.
+        segment_source = not self.suppression_streams or any(
+            stream not in self.suppression_streams for stream in self._direct_sinks
+        )
+        self.uploader.finish(complete=segment_source)
         if self.uploader.error is not None:
             err = self.uploader.error
             raise (
                 err if isinstance(err, TargetError) else TargetError(f"{type(err).__name__}: {err}")
             )
         held = self.uploader.held_message
+        # After the segment's writes: an identifier suppressed by a record that came after
+        # this run added it is removed too.
+        snapshot = self.uploader.writer.snapshot
+        suppression_problem = self.suppression.finish(
+            client=self.client,
+            complete=True,
+            open_snapshots=(
+                {snapshot.list_id: snapshot}
+                if snapshot is not None and not snapshot.readonly
+                else None
+            ),
+        )
+        held = "; ".join(m for m in (held, suppression_problem) if m) or None
         self.report.complete = held is None
         try:
             self.uploader.report_ids_without_records()
@@ -397,6 +449,7 @@ class TargetPinterestAudiences(Target):
         self._emit_state(self.uploader.state_line())
         self._log_summary()
         self.uploader.close()
+        self.suppression.close()
         if self.rejected is not None:
             self.rejected.close()
         if held is not None:
@@ -418,6 +471,7 @@ class TargetPinterestAudiences(Target):
             return  # the end of input was handled; the error came after its STATE
         self.finished = True
         self.flow.discard_open()
+        self._keep_suppressed()
         if self.uploader.error is None:
             self.uploader.finish(complete=False)
         else:
@@ -425,8 +479,21 @@ class TargetPinterestAudiences(Target):
         self._emit_state(self.uploader.state_line())
         self._log_summary()
         self.uploader.close()
+        self.suppression.close()
         if self.rejected is not None:
             self.rejected.close()
+
+    def _keep_suppressed(self) -> None:
+        """A stopping run still keeps the opt-outs it read (their removal waits for the next
+        run with a suppression stream); never fails the stop."""
+        try:
+            self.suppression.flush()
+        except Exception as exc:
+            self.logger.error(
+                "Could not keep the suppression stream's last identifiers in the suppression "
+                "set (%s): send them again",
+                exc if isinstance(exc, TargetError) else type(exc).__name__,
+            )
 
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
         """SIGTERM/SIGINT: unwind the main thread to `invoke`, which stops the run there.
@@ -460,10 +527,12 @@ class TargetPinterestAudiences(Target):
             return  # the end of input was handled and checkpointed already
         self.finished = True
         self.flow.discard_open()
+        self._keep_suppressed()
         self.uploader.abort()
         self._emit_state(self.uploader.state_line())
         self._log_summary()
         self.uploader.close()
+        self.suppression.close()
         if self.rejected is not None:
             self.rejected.close()
 
@@ -494,6 +563,19 @@ class TargetPinterestAudiences(Target):
             r.retries,
             r.audience_summary(),
         )
+        if self.suppression_streams or r.suppression_set_size or "suppressed" in r.records_skipped:
+            self.logger.info(
+                "%s suppression: set size %d, records of suppression streams %d, newly "
+                "suppressed %d, lifted %d, records skipped as suppressed %d, removals %s %d",
+                prefix,
+                r.suppression_set_size,
+                r.suppression_records,
+                r.suppression_added,
+                r.suppression_lifted,
+                r.records_skipped.get("suppressed", 0),
+                "that would be sent" if self.dry_run else "confirmed",
+                r.suppressed_removed,
+            )
         if self.rejected is not None:
             lines = self.rejected.lines
             self.logger.info(
