@@ -279,3 +279,48 @@ def test_the_suppression_file_is_private(tmp_path: Path, mode: int) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_partner_ids_are_suppressed_and_kept_only_as_hashes(
+    emulator, base_config, run_target, isolated_state_home
+):
+    """LiveRamp ids are sent as given, so the set keeps their hash, never the id."""
+    ramp = [f"XY{n:04d}LiveRampId" for n in range(6)]
+    extra = {"external_id_type": "LR_ID"}
+
+    def ids(values: list[str], stream: str = "customers", **fields: Any) -> list[dict[str, Any]]:
+        return [
+            {"type": "RECORD", "stream": stream, "record": {"id": n, "external_id": v, **fields}}
+            for n, v in enumerate(values)
+        ]
+
+    first = run_target(
+        config_for(base_config, SEGMENTS[0], **extra),
+        ids(ramp, segment_name=SEGMENTS[0], action="add"),
+    )
+    assert first.returncode == 0, first.stderr
+    list_id = list_id_of(emulator, SEGMENTS[0])
+    # A list of email digests is not sent partner ids (its type does not fit).
+    other = run_target(config_for(base_config, SEGMENTS[1]), adds(SEGMENTS[1], people(range(3))))
+    assert other.returncode == 0, other.stderr
+    run = run_target(
+        with_optouts(base_config, SEGMENTS[0], **extra),
+        [OPTOUT_SCHEMA, *ids(ramp[:2], stream=OPTOUTS)],
+        with_schema=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert members(emulator, list_id) == set(ramp[2:])
+    assert run.final["suppressed_removed"] == 2
+    for value in ramp[:2]:
+        assert value not in run.stdout + run.stderr
+    (store,) = (isolated_state_home / "target-pinterest-audiences").glob("suppression-*.sqlite")
+    raw = store.read_bytes()
+    for value in ramp[:2]:
+        assert value.encode() not in raw
+    later = run_target(
+        config_for(base_config, SEGMENTS[0], **extra),
+        ids(ramp[:3], segment_name=SEGMENTS[0], action="add"),
+    )
+    assert later.returncode == 0, later.stderr
+    assert later.final["records_skipped"] == {"suppressed": 2}
+    assert members(emulator, list_id) == set(ramp[2:])
