@@ -275,3 +275,31 @@ def test_forget_input_problems_are_named_without_content(emulator, tmp_path):
     assert "person9" not in run.stderr + run.stdout
     missing = forget_cmd(emulator, tmp_path, "--input", str(tmp_path / "nope.csv"))
     assert missing.returncode == 2 and "cannot read the input file" in missing.stderr
+
+
+def test_a_mirror_suppression_stream_never_lifts_an_erasure_request(
+    emulator, base_config, run_target, tmp_path
+):
+    from test_suppression import OPTOUT_SCHEMA, optouts, with_optouts
+
+    ids = two_lists(emulator, base_config, run_target)
+    assert forget_cmd(emulator, tmp_path, "--input", str(erasure_file(tmp_path))).returncode == 0
+    mirror = {"sync_mode": "mirror"}
+    run = run_target(
+        with_optouts(base_config, SEGMENTS[0], **mirror),
+        [OPTOUT_SCHEMA, *optouts(people(range(3, 8)))],
+        with_schema=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.final["suppression_set_size"] == 7  # persons 1-2 (forget) and 3-7 (stream)
+    # The stream drops person 3: lifted; persons 1-2 stay, though the stream never named them.
+    run = run_target(
+        with_optouts(base_config, SEGMENTS[0], **mirror),
+        [OPTOUT_SCHEMA, *optouts(people(range(4, 8)))],
+        with_schema=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.final["suppression_set_size"] == 6
+    back = run_target(config_for(base_config, SEGMENTS[1]), adds(SEGMENTS[1], people([1, 2, 3])))
+    assert back.final["records_skipped"] == {"suppressed": 2}
+    assert members(emulator, ids[SEGMENTS[1]]) & hashed(people([1, 2, 3])) == hashed(people([3]))

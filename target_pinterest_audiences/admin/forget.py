@@ -261,7 +261,7 @@ def _forget(
             receipt.set_size = len(keys) + receipt.added
         else:
             # Suppressed first: if a removal fails, no run adds them back meanwhile.
-            receipt.added = suppressed.add(found.keys())
+            receipt.added = suppressed.add(found.keys(), pinned=True)
             receipt.set_size = suppressed.size()
         receipt.lists = remove_from_lists(
             client=client,

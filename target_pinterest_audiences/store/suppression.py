@@ -10,7 +10,8 @@ sends (as 32 bytes), a hashed pinner id as its digest, and a LiveRamp or Datalog
 is sent as given, as the SHA-256 of its type and value: never a raw identifier. Beside each
 key: its kind (which lists it fits), whether its removal from the lists is still pending
 (a run that stopped before every list confirmed it), the mark of the last mirror run that
-named it, and when it was suppressed.
+named it, whether it is pinned (an erasure request: no mirror run lifts it), and when it
+was suppressed.
 
 Where: beside the snapshots, in the same store. SQLite: one file per ad account (and API
 host, as the snapshots), `suppression-<account>.sqlite`, created private (mode 0600).
@@ -43,7 +44,7 @@ _TABLE = "pinterest_audience_suppression"
 _DDL = (
     f"CREATE TABLE IF NOT EXISTS {_TABLE} (ad_account_id TEXT NOT NULL, h {{blob}} NOT NULL, "
     "kind SMALLINT NOT NULL, pending SMALLINT NOT NULL, mark BIGINT, added_at TEXT NOT NULL, "
-    "PRIMARY KEY (ad_account_id, h, kind))"
+    "pinned SMALLINT NOT NULL DEFAULT 0, PRIMARY KEY (ad_account_id, h, kind))"
 )
 
 
@@ -146,6 +147,16 @@ class SuppressionSet:
         """Every key (lowercase hex), for the record flow's membership test."""
         return {key for key, _kind, _pending in self._rows()}
 
+    def pinned_keys(self) -> set[str]:
+        """The keys of erasure requests (`forget`): never lifted by a mirror run."""
+        if self._conn is None:
+            return set()
+        rows = self._exec(
+            f"SELECT h FROM {_TABLE} WHERE ad_account_id = ? AND pinned = 1", (self.account,)
+        ).fetchall()
+        self._conn.rollback()
+        return {bytes(h).hex() for (h,) in rows}
+
     def pending(self) -> list[tuple[str, str]]:
         """(key, kind) of the identifiers whose removal from the lists is not confirmed yet."""
         return [(key, kind) for key, kind, pending in self._rows() if pending]
@@ -166,24 +177,34 @@ class SuppressionSet:
 
     # ---- writing -----------------------------------------------------------------------
 
-    def add(self, entries: Iterable[tuple[str, str]], mark: int | None = None) -> int:
+    def add(
+        self, entries: Iterable[tuple[str, str]], mark: int | None = None, *, pinned: bool = False
+    ) -> int:
         """Suppress (key, kind) entries; returns how many were not suppressed before (their
         removal from the lists is pending until settle()). `mark`: a mirror run's mark,
-        set on every entry named (see lift_unmarked)."""
+        set on every entry named (see lift_unmarked). `pinned` (an erasure request, from
+        `forget`): no suppression stream's mirror run lifts the entries, only lift() does."""
         self._writable()
         rows = [(bytes.fromhex(key), KIND_CODES[kind]) for key, kind in entries]
         if not rows:
             return 0
         before = self._count()
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        on_conflict = "DO NOTHING" if mark is None else "DO UPDATE SET mark = excluded.mark"
+        if pinned:
+            on_conflict = "DO UPDATE SET pinned = 1"
+        elif mark is not None:
+            on_conflict = "DO UPDATE SET mark = excluded.mark"
+        else:
+            on_conflict = "DO NOTHING"
         statement = self._sql(
-            f"INSERT INTO {_TABLE} (ad_account_id, h, kind, pending, mark, added_at) "
-            f"VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (ad_account_id, h, kind) {on_conflict}"
+            f"INSERT INTO {_TABLE} (ad_account_id, h, kind, pending, mark, added_at, pinned) "
+            f"VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (ad_account_id, h, kind) {on_conflict}"
         )
+        flag = int(pinned)
         for i in range(0, len(rows), CHUNK):
             self._conn.cursor().executemany(
-                statement, [(self.account, h, kind, mark, now) for h, kind in rows[i : i + CHUNK]]
+                statement,
+                [(self.account, h, kind, mark, now, flag) for h, kind in rows[i : i + CHUNK]],
             )
         after = self._count_in_transaction()
         self._conn.commit()
@@ -226,14 +247,21 @@ class SuppressionSet:
         return before - after
 
     def unmarked(self, mark: int) -> int:
-        """How many entries a mirror run with this mark did not name (it would lift them)."""
-        return self._count(" AND (mark IS NULL OR mark <> ?)", (mark,))
+        """How many entries a mirror run with this mark did not name (it would lift them);
+        pinned entries (erasure requests) are never counted."""
+        return self._count(" AND pinned = 0 AND (mark IS NULL OR mark <> ?)", (mark,))
+
+    def marked(self, mark: int) -> int:
+        """How many entries a mirror run with this mark named."""
+        return self._count(" AND mark = ?", (mark,))
 
     def lift_unmarked(self, mark: int) -> int:
-        """Mirror mode: the run named the whole set; lift every entry it did not name."""
+        """Mirror mode: the run named the whole set (but the pinned entries); lift every
+        entry it did not name."""
         self._writable()
         cursor = self._exec(
-            f"DELETE FROM {_TABLE} WHERE ad_account_id = ? AND (mark IS NULL OR mark <> ?)",
+            f"DELETE FROM {_TABLE} WHERE ad_account_id = ? AND pinned = 0 AND "
+            "(mark IS NULL OR mark <> ?)",
             (self.account, mark),
         )
         lifted = int(cursor.rowcount)

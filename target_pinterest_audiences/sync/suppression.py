@@ -208,8 +208,7 @@ class SuppressionRun:
         #: Every suppressed key: the set as stored, plus what this run's streams named. The
         #: record flows receive it and skip any ADD of a key in it.
         self.keys: set[str] = self.set.keys()
-        self._size_at_start = len(self.keys)
-        report.suppression_set_size = self._size_at_start
+        report.suppression_set_size = len(self.keys)
         #: This run's mark (mirror mode: entries it does not name are lifted at the end).
         self.mark = random.getrandbits(62)
         self._buffer: list[tuple[str, str]] = []
@@ -387,14 +386,16 @@ class SuppressionRun:
         (an empty or broken source must not let every opted-out person back in)."""
         report = self.report
         if self.dry_run:
-            lifts = len(self.keys) - len(self._named)
+            pinned = self.set.pinned_keys()
+            lifts = sum(1 for key in self.keys if key not in self._named and key not in pinned)
             named = len(self._named)
         else:
             lifts = self.set.unmarked(self.mark)
-            named = self.set.size() - lifts
+            named = self.set.marked(self.mark)
         if not lifts:
             return None
-        at_start = self._size_at_start or lifts
+        # Of the entries a suppression stream may lift (not the pinned erasure requests).
+        at_start = lifts + named
         reason = None
         if not self.allow_large_removal:
             if named == 0:
@@ -404,7 +405,8 @@ class SuppressionRun:
                 )
             elif lifts / at_start > self.max_removal_fraction:
                 reason = (
-                    f"it would lift {lifts} of the {at_start} suppressed identifiers "
+                    f"it would lift {lifts} of the {at_start} identifiers the suppression "
+                    "streams suppressed "
                     f"({lifts / at_start:.1%}), above max_removal_fraction "
                     f"{self.max_removal_fraction:g}"
                 )
