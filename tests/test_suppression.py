@@ -324,3 +324,32 @@ def test_partner_ids_are_suppressed_and_kept_only_as_hashes(
     assert later.returncode == 0, later.stderr
     assert later.final["records_skipped"] == {"suppressed": 2}
     assert members(emulator, list_id) == set(ramp[2:])
+
+
+def test_a_removal_a_list_refused_is_sent_again_by_the_next_run(emulator, base_config, run_target):
+    ids = three_audiences(emulator, base_config, run_target)
+    refusing = ids[SEGMENTS[1]]
+    emulator.add_fault("status", status=403, code=29, methods=["PATCH"], path_contains=refusing)
+    run = run_target(
+        with_optouts(base_config, SEGMENTS[0]),
+        [OPTOUT_SCHEMA, *optouts(people([1]))],
+        with_schema=False,
+    )
+    assert run.returncode != 0
+    assert f"was not confirmed by Customer List(s) {refusing}" in run.stderr.splitlines()[-1]
+    one = email_hash(people([1])[0])
+    assert one not in members(emulator, ids[SEGMENTS[0]])
+    assert one in members(emulator, refusing)
+    # Kept out meanwhile, by a run without the suppression stream.
+    kept = run_target(config_for(base_config, SEGMENTS[2]), adds(SEGMENTS[2], people([1])))
+    assert kept.final["records_skipped"] == {"suppressed": 1}
+    emulator.clear_faults()
+    # The next run with the suppression stream (no new record) sends the pending removal.
+    again = run_target(with_optouts(base_config, SEGMENTS[0]), [OPTOUT_SCHEMA], with_schema=False)
+    assert again.returncode == 0, again.stderr
+    assert one not in members(emulator, refusing)
+    assert again.final["suppressed_removed"] == 3
+    # Confirmed everywhere: not pending any more, nothing sent by the run after.
+    last = run_target(with_optouts(base_config, SEGMENTS[0]), [OPTOUT_SCHEMA], with_schema=False)
+    assert last.returncode == 0, last.stderr
+    assert last.final["suppressed_removed"] == 0

@@ -159,13 +159,14 @@ class SuppressionSet:
 
     def pending(self) -> list[tuple[str, str]]:
         """(key, kind) of the identifiers whose removal from the lists is not confirmed yet."""
-        return [(key, kind) for key, kind, pending in self._rows() if pending]
+        return [(key, kind) for key, kind, _pending in self._rows(" AND pending = 1")]
 
-    def _rows(self) -> Iterator[tuple[str, str, bool]]:
+    def _rows(self, where: str = "") -> Iterator[tuple[str, str, bool]]:
         if self._conn is None:
             return
         cursor = self._exec(
-            f"SELECT h, kind, pending FROM {_TABLE} WHERE ad_account_id = ?", (self.account,)
+            f"SELECT h, kind, pending FROM {_TABLE} WHERE ad_account_id = ?{where}",
+            (self.account,),
         )
         while True:
             rows = cursor.fetchmany(CHUNK)
