@@ -7,6 +7,9 @@ and hashes each record (identifiers.py), enforces the one-segment rule and the o
 action per identifier in the open batch (the later action wins), and cuts the batch into
 the uploader's queue when it holds `identifiers_per_request` identifiers. Tap STATE is
 attached to the open batch, so it is emitted only after every record before it is written.
+A record that would add a suppressed identifier (the suppression set, docs/opt-outs.md) is
+skipped with the reason `suppressed`. Records of the suppression streams do not enter the flow:
+`SuppressionSink` hands them to the run's SuppressionRun (sync/suppression.py).
 """
 
 from __future__ import annotations
