@@ -303,3 +303,23 @@ def test_a_mirror_suppression_stream_never_lifts_an_erasure_request(
     back = run_target(config_for(base_config, SEGMENTS[1]), adds(SEGMENTS[1], people([1, 2, 3])))
     assert back.final["records_skipped"] == {"suppressed": 2}
     assert members(emulator, ids[SEGMENTS[1]]) & hashed(people([1, 2, 3])) == hashed(people([3]))
+
+
+def test_forget_keeps_the_people_suppressed_when_pinterest_cannot_be_read(
+    emulator, base_config, run_target, tmp_path
+):
+    ids = two_lists(emulator, base_config, run_target)
+    emulator.add_fault("status", status=403, code=29, methods=["GET"], path_contains="customer_")
+    run = forget_cmd(emulator, tmp_path, "--input", str(erasure_file(tmp_path)))
+    assert run.returncode == 1
+    assert run.stdout == ""
+    assert "2 identifiers were kept in the suppression set" in run.stderr
+    assert_names_nobody(run.stderr, people([1, 2]))
+    emulator.clear_faults()
+    later = run_target(config_for(base_config, SEGMENTS[0]), adds(SEGMENTS[0], people([1, 2])))
+    assert later.final["records_skipped"] == {"suppressed": 2}
+    # The next forget completes it.
+    done = forget_cmd(emulator, tmp_path, "--input", str(erasure_file(tmp_path)))
+    assert done.returncode == 0, done.stderr
+    for list_id in ids.values():
+        assert not members(emulator, list_id) & hashed(people([1, 2]))

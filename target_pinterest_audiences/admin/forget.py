@@ -178,9 +178,9 @@ def run_forget(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 return fail(client)
             _forget(client, store, account, found, args, receipt)
     except PinterestAPIError as exc:
-        return fail(explain_refusal(exc, account, ""))
+        return fail(explain_refusal(exc, account, "") + receipt.kept_note())
     except (TargetError, AuthError) as exc:  # retries exhausted, the snapshot store
-        return fail(str(exc))
+        return fail(str(exc) + receipt.kept_note())
     finally:
         store.close()
     receipt.print(out)
@@ -240,19 +240,6 @@ def _forget(
     args: argparse.Namespace,
     receipt: Receipt,
 ) -> None:
-    store_ids = set(store.list_ids())
-    lists: list[tuple[str, str | None]] = []
-    for item in client.paginate(f"/ad_accounts/{account}/customer_lists"):
-        list_id = str(item.get("id") or "")
-        if not _is_pinterest_id(list_id):
-            receipt.unusable_lists += 1
-            continue
-        if args.only_synced and list_id not in store_ids:
-            continue
-        name = item.get("name")
-        lists.append((list_id, name if isinstance(name, str) else None))
-    returned = {list_id for list_id, _ in lists}
-    receipt.store_lists_not_returned = len(store_ids - returned)
     suppressed = SuppressionSet(store, readonly=args.dry_run)
     try:
         if args.dry_run:
@@ -260,9 +247,24 @@ def _forget(
             receipt.added = sum(1 for key in found.entries if key not in keys)
             receipt.set_size = len(keys) + receipt.added
         else:
-            # Suppressed first: if a removal fails, no run adds them back meanwhile.
+            # Suppressed first: if Pinterest cannot be reached or a removal fails, no run
+            # adds them back meanwhile.
             receipt.added = suppressed.add(found.keys(), pinned=True)
+            receipt.kept = True
             receipt.set_size = suppressed.size()
+        store_ids = set(store.list_ids())
+        lists: list[tuple[str, str | None]] = []
+        for item in client.paginate(f"/ad_accounts/{account}/customer_lists"):
+            list_id = str(item.get("id") or "")
+            if not _is_pinterest_id(list_id):
+                receipt.unusable_lists += 1
+                continue
+            if args.only_synced and list_id not in store_ids:
+                continue
+            name = item.get("name")
+            lists.append((list_id, name if isinstance(name, str) else None))
+        returned = {list_id for list_id, _ in lists}
+        receipt.store_lists_not_returned = len(store_ids - returned)
         receipt.lists = remove_from_lists(
             client=client,
             store=store,
@@ -297,6 +299,17 @@ class Receipt:
         self.set_size = 0
         self.unusable_lists = 0
         self.store_lists_not_returned = 0
+        #: Whether the identifiers are in the suppression set (before any list was read).
+        self.kept = False
+
+    def kept_note(self) -> str:
+        """Said after an error once the identifiers were suppressed."""
+        if not self.kept:
+            return ""
+        return (
+            f" ({len(self.found.entries)} identifiers were kept in the suppression set, so no "
+            "run adds them; run forget again to remove them from the lists)"
+        )
 
     @property
     def complete(self) -> bool:

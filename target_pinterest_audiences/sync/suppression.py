@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -303,7 +303,6 @@ class SuppressionRun:
         client: PinterestClient | None,
         complete: bool,
         open_snapshots: Mapping[str, Snapshot] | None = None,
-        on_phase: Callable[[str], None] | None = None,
     ) -> str | None:
         """Lift (mirror mode, complete input), then remove every pending identifier from
         every list of the snapshot store. Returns why the run must end non-zero, or None."""
@@ -328,7 +327,7 @@ class SuppressionRun:
             if kind in TEXT_ID_TYPES:
                 value = self._text_values.get(key)
                 if value is None:
-                    unknown += 1  # named by an earlier run only; see the docstring of the module
+                    unknown += 1  # named by an earlier run only: its value is not kept
                     continue
             else:
                 value = key
@@ -342,8 +341,6 @@ class SuppressionRun:
                 unknown,
             )
         if settled:
-            if on_phase is not None:
-                on_phase(f"removing {len(settled):,} suppressed identifiers")
             list_ids = self.store.list_ids()
             results = remove_from_lists(
                 client=client,
