@@ -18,6 +18,10 @@ SECRET_SETTINGS = ("access_token", "refresh_token", "client_id", "client_secret"
 LIST_TYPES = ("auto", "EMAIL", "IDFA", "MAID")
 SYNC_MODES = ("events", "mirror")
 PINTEREST_ID = r"^[0-9]{1,18}$"
+#: Where Pinterest makes ACTALIKE audiences and how large (AudienceRule in Pinterest's OpenAPI
+#: description: "Valid countries include: US, CA, and GB. Percentage should be 1-10.").
+ACTALIKE_COUNTRIES = ("US", "CA", "GB")
+ACTALIKE_PERCENTAGE_MIN, ACTALIKE_PERCENTAGE_MAX = 1, 10
 
 SCHEMA: dict[str, Any] = th.PropertiesList(
     th.Property(
@@ -33,7 +37,8 @@ SCHEMA: dict[str, Any] = th.PropertiesList(
         title="Audience name",
         description=(
             "Name of the CUSTOMER_LIST Audience to create or adopt. Required unless "
-            "audience_id is set."
+            "audience_id is set (here or for each stream under `audiences`). May hold "
+            "{stream} and {segment_name}, filled in per stream."
         ),
     ),
     th.Property(
@@ -50,6 +55,44 @@ SCHEMA: dict[str, Any] = th.PropertiesList(
         th.StringType,
         title="Audience description",
         description="Description given to a newly created Audience.",
+    ),
+    th.Property(
+        "actalike_audiences",
+        th.ArrayType(
+            th.ObjectType(
+                th.Property(
+                    "country",
+                    th.StringType(allowed_values=list(ACTALIKE_COUNTRIES)),
+                    required=True,
+                    description="Where the lookalike Pinners are: US, CA or GB.",
+                ),
+                th.Property(
+                    "percentage",
+                    th.IntegerType(
+                        minimum=ACTALIKE_PERCENTAGE_MIN, maximum=ACTALIKE_PERCENTAGE_MAX
+                    ),
+                    required=True,
+                    description="Size, as a share of the country's Pinners: 1 to 10.",
+                ),
+                th.Property(
+                    "name",
+                    th.StringType,
+                    description=(
+                        "The actalike audience's name (default: the Audience's name, the "
+                        "country and the percentage, e.g. 'VIP customers US 5%')."
+                    ),
+                ),
+                additional_properties=False,
+            )
+        ),
+        title="Actalike audiences",
+        description=(
+            "ACTALIKE (lookalike) audiences seeded with the Audience, each "
+            '{"country": "US", "percentage": 5, "name": optional}: after each run the target '
+            "creates the missing ones and adopts existing ones by name. A seed needs 100 "
+            "matched users first: until then Pinterest refuses, the run warns and the next run "
+            "tries again. See docs/actalike.md."
+        ),
     ),
     th.Property(
         "access_token",
@@ -256,7 +299,9 @@ SCHEMA: dict[str, Any] = th.PropertiesList(
         title="Max writes per minute",
         description=(
             "Client-side cap on write calls in any 60-second window (Pinterest's Standard "
-            "ads-write limit is about 400/minute)."
+            "ads-write limit is about 400/minute), shared by every stream of a run and by every "
+            "run that uses the same token file (a window file beside it): parallel jobs each "
+            "set to 400 send at most 400 writes a minute together."
         ),
     ),
     th.Property(
@@ -265,9 +310,10 @@ SCHEMA: dict[str, Any] = th.PropertiesList(
         default=4,
         title="Concurrent writes",
         description=(
-            "How many update requests of the same operation may be in flight at once, so "
-            "that Pinterest's answer time does not cap throughput below the write limit. "
-            "An ADD never overlaps a REMOVE. 1: strictly one request at a time."
+            "How many update requests may be in flight at once for the whole run (its "
+            "streams take turns), so that Pinterest's answer time does not cap throughput "
+            "below the write limit. Within a stream an ADD never overlaps a REMOVE. 1: "
+            "strictly one request at a time."
         ),
     ),
     th.Property(
@@ -310,6 +356,43 @@ SCHEMA: dict[str, Any] = th.PropertiesList(
     ),
 ).to_dict()
 
+#: What an entry of the `audiences` setting may set for its stream (the rest is run-wide).
+PER_STREAM_SETTINGS = (
+    "audience_name",
+    "audience_id",
+    "audience_description",
+    "sync_mode",
+    "max_removal_fraction",
+    "allow_large_removal",
+    "list_type",
+    "external_id_type",
+    "actalike_audiences",
+)
+
+
+def _per_stream_schema() -> dict[str, Any]:
+    """An `audiences` entry: the top-level settings of the same names, without defaults (a
+    missing key takes the top-level value)."""
+    properties = {}
+    for key in PER_STREAM_SETTINGS:
+        prop = {k: v for k, v in SCHEMA["properties"][key].items() if k != "default"}
+        properties[key] = prop
+    return {"type": ["object", "null"], "properties": properties, "additionalProperties": False}
+
+
+SCHEMA["properties"]["audiences"] = {
+    "type": ["object", "null"],
+    "title": "Audiences per stream",
+    "description": (
+        "One entry per stream (its name after stream maps): the Audience it syncs and how "
+        "(audience_name, audience_id, audience_description, sync_mode, max_removal_fraction, "
+        "allow_large_removal, list_type, external_id_type, actalike_audiences). Each stream "
+        "of a run syncs its own Customer List and Audience; the top-level settings are every "
+        "stream's defaults."
+    ),
+    "additionalProperties": _per_stream_schema(),
+}
+
 
 def default(key: str) -> Any:
     """A setting's default, from the schema above (the one place the defaults live)."""
@@ -327,13 +410,20 @@ def token_path(config: Mapping[str, Any]) -> Path:
 def cross_setting_errors(config: Mapping[str, Any]) -> list[str]:
     """What the schema alone cannot say: rules over several settings and the credentials."""
     errors: list[str] = []
-    name = config.get("audience_name")
-    if isinstance(name, str) and name and not name.strip():
-        errors.append("setting 'audience_name' is blank: give the Audience a name")
-    elif not name and not config.get("audience_id"):
+    audiences = config.get("audiences") or {}
+    entries = [("", config)]
+    entries += [(f"audiences.{k}.", v) for k, v in audiences.items() if isinstance(v, Mapping)]
+    for where, entry in entries:
+        name = entry.get("audience_name")
+        if isinstance(name, str) and name and not name.strip():
+            errors.append(f"setting '{where}audience_name' is blank: give the Audience a name")
+    if not audiences and not config.get("audience_name") and not config.get("audience_id"):
         errors.append(
-            "setting 'audience_name' is required unless 'audience_id' names an existing Audience"
+            "setting 'audience_name' is required unless 'audience_id' names an existing "
+            "Audience (or the `audiences` setting names one per stream)"
         )
+    for where, entry in entries:
+        errors.extend(actalike_errors(entry.get("actalike_audiences"), where))
     api_url = config.get("api_url") or DEFAULT_API_URL
     parsed = urllib.parse.urlsplit(str(api_url))
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
@@ -351,4 +441,32 @@ def cross_setting_errors(config: Mapping[str, Any]) -> list[str]:
             "with `target-pinterest-audiences-admin connect` to create the token file "
             f"({token_path(config)})"
         )
+    return errors
+
+
+def actalike_errors(value: Any, prefix: str = "") -> list[str]:
+    """Beyond the schema: no blank name, and no two entries for one name or one country and
+    percentage (one of them would adopt the other's audience)."""
+    if not isinstance(value, list):
+        return []
+    errors: list[str] = []
+    rules: set[tuple[Any, Any]] = set()
+    names: set[str] = set()
+    for index, entry in enumerate(value):
+        if not isinstance(entry, dict):
+            continue  # the schema says what is wrong
+        where = f"setting '{prefix}actalike_audiences.{index}'"
+        name = entry.get("name")
+        if isinstance(name, str) and not name.strip():
+            errors.append(f"{where}: 'name' is blank; give a name or leave it out")
+        rule = (entry.get("country"), entry.get("percentage"))
+        if rule in rules:
+            errors.append(
+                f"{where}: a second entry for country {rule[0]} and percentage {rule[1]}; keep one"
+            )
+        rules.add(rule)
+        if isinstance(name, str) and name.strip():
+            if name in names:
+                errors.append(f"{where}: a second entry named {name!r}; names must differ")
+            names.add(name)
     return errors

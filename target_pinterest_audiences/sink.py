@@ -1,23 +1,24 @@
 """The record flow: from each RECORD to batches of hashed identifiers, in input order.
 
-Records of every stream go through one `RecordFlow`, because a run syncs one segment and
-the final membership must equal applying every action in input order. The flow validates
+Each stream of a run (a dataset, see datasets.py) has its own `RecordFlow`: a stream syncs one
+segment, and its final membership must equal applying its actions in input order. The flow validates
 and hashes each record (identifiers.py), enforces the one-segment rule and the one-kind rule
 (a run sends external ids or email/MAID/IDFA identifiers, never both), keeps the final
 action per identifier in the open batch (the later action wins), and cuts the batch into
 the uploader's queue when it holds `identifiers_per_request` identifiers. Tap STATE is
 attached to the open batch, so it is emitted only after every record before it is written.
 A record that would add a suppressed identifier (the suppression set, docs/opt-outs.md) is
-skipped with the reason `suppressed`. Records of the suppression streams do not enter the flow:
+skipped with the reason `suppressed`. Records of the suppression streams do not enter a flow:
 `SuppressionSink` hands them to the run's SuppressionRun (sync/suppression.py).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
+from singer_sdk.mapper import RemoveRecordTransform
 from singer_sdk.sinks import BatchSink
 
 from target_pinterest_audiences.errors import TargetError
@@ -42,7 +43,7 @@ SKIP_LOG_LIMIT = 20
 
 
 class RecordFlow:
-    """Turns records into ordered batches for the uploader; one per run, shared by all sinks."""
+    """Turns one stream's records into ordered batches for its uploader."""
 
     def __init__(
         self,
@@ -55,15 +56,19 @@ class RecordFlow:
         mirror: bool = False,
         external_id_type: str | None = None,
         rejected: RejectedRecords | None = None,
+        on_segment: Callable[[str, str | None], None] | None = None,
         suppressed: Collection[str] = frozenset(),
     ) -> None:
         self.uploader = uploader
         #: The suppression set's keys (store/suppression.py): a record that would ADD one of
-        #: them is skipped (reason `suppressed`). Shared, so keys a suppression stream names
-        #: during the run take effect at once.
+        #: them is skipped (reason `suppressed`). Shared by every stream's flow, so keys a
+        #: suppression stream names during the run take effect at once.
         self.suppressed = suppressed
         #: LR_ID and DLX_ID keys are hashes of the value (store/suppression.py).
         self._text_ids = external_id_type if external_id_type in TEXT_ID_TYPES else None
+        #: Told the stream's segment at its first record (the run checks that no two
+        #: streams sync one segment, before either writes it).
+        self.on_segment = on_segment
         #: Mirror mode: a record without an action is a member, and a skipped record's
         #: well-formed identifiers are kept as they are (see mirror.py).
         self.mirror = mirror
@@ -112,6 +117,8 @@ class RecordFlow:
             return
         segment = (parsed.segment_name, parsed.segment_id)
         if self.segment is None:
+            if self.on_segment is not None:
+                self.on_segment(*segment)
             self.segment = segment
             self.segment_first_record = self.record_number
             self.open.segment_name, self.open.segment_id = segment
@@ -131,9 +138,15 @@ class RecordFlow:
             self.open.kinds.add(kind)
         self.open.last_record = self.record_number
 
-    def on_state(self, state: dict[str, Any]) -> None:
-        """The tap's state covers every record so far: it rides on the open batch."""
+    def on_state(self, state: Any) -> None:
+        """The tap's state (a StateGate ticket) covers every record so far: it rides on the
+        open batch."""
         self.open.state_after = state
+
+    @property
+    def idle(self) -> bool:
+        """Nothing of this stream waits in the open batch (a tap state may ride on it)."""
+        return not self.open.ops and not self.open.keeps
 
     def cut(self) -> None:
         """Hand the open batch to the writer (blocking while its queue is full)."""
@@ -270,8 +283,12 @@ class AudienceSink(BatchSink):
 
     def __init__(self, target: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(target, *args, **kwargs)
-        self.flow: RecordFlow = target.flow
-        self.flow.key_properties[self.stream_name] = tuple(self.key_properties or ())
+        #: The stream's dataset is made now, at its SCHEMA (a stream that stream maps drop,
+        #: `"name": null`, gets a sink from singer-sdk but never a record, nor a dataset).
+        self.flow: RecordFlow | None = None
+        if not _dropped(target, self.stream_name):
+            self.flow = target.dataset_for(self.stream_name).flow
+            self.flow.key_properties[self.stream_name] = tuple(self.key_properties or ())
 
     def _validate_and_parse(self, record: dict) -> dict:
         """Skip singer-sdk's parsing of the tap's date-time fields: no field we read is a
@@ -279,19 +296,24 @@ class AudienceSink(BatchSink):
         return record
 
     def process_record(self, record: dict, context: dict) -> None:
-        self.flow.add(record, self.stream_name)
+        if self.flow is not None:
+            self.flow.add(record, self.stream_name)
 
     def process_batch(self, context: dict) -> None:
         """A drain cuts the open batch; records of a Singer BATCH message (read from its
         files by singer-sdk) go through the same flow, in order, first."""
-        for record in context.pop("records", None) or ():
+        records = context.pop("records", None) or ()
+        if self.flow is None:
+            return
+        for record in records:
             self.flow.add(record, self.stream_name)
         self.flow.cut()
 
 
 class SuppressionSink(BatchSink):
     """A suppression stream (setting suppression_streams): each record's identifiers are
-    suppressed (sync/suppression.py); no segment_name or action is read."""
+    suppressed (sync/suppression.py); no segment_name or action is read, and the stream has
+    no dataset of its own."""
 
     MAX_SIZE_DEFAULT = 1_000_000
 
@@ -315,3 +337,9 @@ class SuppressionSink(BatchSink):
         for record in context.pop("records", None) or ():
             self.suppression.add(record, self.stream_name)
         self.suppression.flush()
+
+
+def _dropped(target: Any, stream: str) -> bool:
+    """Whether stream maps drop every record of this stream (its map is `null`)."""
+    maps = [m for ms in target.mapper.stream_maps.values() for m in ms if m.stream_alias == stream]
+    return bool(maps) and all(isinstance(m, RemoveRecordTransform) for m in maps)

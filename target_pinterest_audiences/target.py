@@ -32,6 +32,7 @@ from singer_sdk.singerlib.json import serialize_json
 from singer_sdk.target_base import Target
 
 from target_pinterest_audiences import settings
+from target_pinterest_audiences.datasets import Claims, Dataset, RunContext, stream_settings
 from target_pinterest_audiences.pinterest.client import PinterestClient, RetryPolicy, TargetError
 from target_pinterest_audiences.pinterest.tokens import (
     AuthError,
@@ -44,13 +45,12 @@ from target_pinterest_audiences.reader import (
     missing_local_file,
 )
 from target_pinterest_audiences.settings import DEFAULT_API_URL, SECRET_SETTINGS
-from target_pinterest_audiences.sink import AudienceSink, RecordFlow, SuppressionSink
+from target_pinterest_audiences.sink import AudienceSink, SuppressionSink
 from target_pinterest_audiences.store.snapshot import SnapshotStore
+from target_pinterest_audiences.sync.checkpoint import StateGate
 from target_pinterest_audiences.sync.rejected import RejectedRecords
 from target_pinterest_audiences.sync.report import Report
 from target_pinterest_audiences.sync.suppression import SuppressionRun
-from target_pinterest_audiences.sync.uploader import Uploader
-from target_pinterest_audiences.sync.writer import MIN_AUDIENCE_SIZE
 
 if t.TYPE_CHECKING:
     from types import FrameType
@@ -145,15 +145,8 @@ class TargetPinterestAudiences(Target):
         for unknown in sorted(set(config) - known):
             self.logger.warning("Ignoring unknown setting '%s' (a typo?)", unknown)
         self.dry_run = bool(config.get("dry_run"))
-        self.sync_mode = config.get("sync_mode") or "events"
         #: Set once the end of input was handled: nothing more to write or report.
         self.finished = False
-        self.report = Report(
-            ad_account_id=config["ad_account_id"],
-            audience_name=config.get("audience_name"),
-            dry_run=self.dry_run,
-            sync_mode=self.sync_mode,
-        )
         self.client = self._make_client()
         self.store = SnapshotStore(
             ad_account_id=config["ad_account_id"],
@@ -173,15 +166,22 @@ class TargetPinterestAudiences(Target):
                     "rejected_records_path is used only with on_invalid_record=skip (now: "
                     "fail, so an invalid record stops the run, naming it): no file is written"
                 )
-        #: The suppression set and this run's suppression streams (sync/suppression.py).
+        suppression_streams = self.suppression_streams
+        #: The suppression set and this run's suppression streams (sync/suppression.py); a
+        #: suppression stream is in mirror mode by its `audiences` entry or the run's sync_mode.
         self.suppression = SuppressionRun(
             store=self.store,
-            report=self.report,
+            report=Report(
+                ad_account_id=config["ad_account_id"], audience_name=None, dry_run=self.dry_run
+            ),
             logger=self.logger,
             ad_account_id=config["ad_account_id"],
-            streams=self.suppression_streams,
+            streams=suppression_streams,
             dry_run=self.dry_run,
-            mirror=self.sync_mode == "mirror",
+            mirror=any(
+                stream_settings(config, stream)["sync_mode"] == "mirror"
+                for stream in suppression_streams
+            ),
             external_id_type=config.get("external_id_type"),
             skip_invalid=skip_invalid,
             rejected=self.rejected,
@@ -190,46 +190,74 @@ class TargetPinterestAudiences(Target):
             max_removal_fraction=float(self._setting("max_removal_fraction")),
             allow_large_removal=bool(config.get("allow_large_removal")),
         )
-        if not self.dry_run:
-            # Two runs on one audience at once would corrupt its snapshot: the second stops.
-            audience = config.get("audience_id") or config.get("audience_name")
-            self.store.lock(f"audience-{audience}", f"Audience {audience!r}")
-        self.uploader = Uploader(
+        audiences = config.get("audiences") or {}
+        modes = [config.get("sync_mode") or "events"]
+        modes += [(entry or {}).get("sync_mode") or modes[0] for entry in audiences.values()]
+        self.gate = StateGate(
+            write=self._emit_state,
+            # A mirror stream must read its whole source every run: no bookmark passes on.
+            pass_tap_state="mirror" not in modes,
+            reports=self._reports,
+        )
+        self.run = RunContext(
+            config=config,
             client=self.client,
-            ad_account_id=config["ad_account_id"],
-            audience_name=config.get("audience_name"),
-            audience_id=config.get("audience_id"),
-            audience_description=config.get("audience_description"),
-            identifiers_per_request=int(self._setting("identifiers_per_request")),
-            list_type=self._setting("list_type"),
-            dry_run=self.dry_run,
-            report=self.report,
-            emit_state=self._emit_state,
-            logger=self.logger,
-            checkpoint_seconds=float(self._setting("checkpoint_interval_seconds")),
-            concurrent_writes=int(self._setting("max_concurrent_writes")),
             store=self.store,
-            sync_mode=self.sync_mode,
-            max_removal_fraction=float(self._setting("max_removal_fraction")),
-            allow_large_removal=bool(config.get("allow_large_removal")),
-            progress_seconds=float(self._setting("progress_interval_seconds")),
-            external_id_type=config.get("external_id_type"),
-        )
-        self.flow = RecordFlow(
-            uploader=self.uploader,
-            report=self.report,
-            identifiers_per_request=int(self._setting("identifiers_per_request")),
-            skip_invalid=skip_invalid,
-            logger=self.logger,
-            mirror=self.sync_mode == "mirror",
-            external_id_type=config.get("external_id_type"),
+            gate=self.gate,
+            claims=Claims(),
             rejected=self.rejected,
+            logger=self.logger,
+            dry_run=self.dry_run,
+            skip_invalid=skip_invalid,
+            setting=self._setting,
             suppressed=self.suppression.keys,
         )
-        self.uploader.check_audience()
-        self.uploader.start()
+        #: Each stream's dataset, by the stream's name after stream maps.
+        self.datasets: dict[str, Dataset] = {}
+        #: Without the `audiences` setting, the run's one Audience is read and locked at
+        #: start-up, as before streams were datasets; the first stream takes it.
+        self.unbound: Dataset | None = None
+        if not audiences:
+            self.unbound = Dataset(self.run, None)
+            self.unbound.start()
         if self.dry_run:
             self.logger.info("Dry run: nothing will be written to Pinterest")
+
+    def dataset_for(self, stream: str) -> Dataset:
+        """The stream's dataset, made (and its Audience claimed and locked) at its SCHEMA."""
+        dataset = self.datasets.get(stream)
+        if dataset is not None:
+            return dataset
+        if self.unbound is not None:
+            dataset, self.unbound = self.unbound, None
+            self.run.claims.rebind(dataset.key, stream)
+            dataset.bind(stream)
+        else:
+            dataset = Dataset(self.run, stream)
+            dataset.start()
+        self.datasets[stream] = dataset
+        if len(self.datasets) > 1:
+            self.gate.many = True
+            for each in self.datasets.values():
+                each.uploader.set_label(each.stream)
+        return dataset
+
+    @property
+    def suppression_streams(self) -> frozenset[str]:
+        """The streams whose records are opt-outs (the setting suppression_streams)."""
+        return frozenset(self.config.get("suppression_streams") or ())
+
+    def get_sink_class(self, stream_name: str) -> type[Sink]:
+        """A suppression stream's records go to the suppression set, not to a dataset."""
+        if stream_name in self.suppression_streams:
+            return SuppressionSink
+        return super().get_sink_class(stream_name)
+
+    def _all(self) -> list[Dataset]:
+        return [*self.datasets.values(), *([self.unbound] if self.unbound else [])]
+
+    def _reports(self) -> dict[str, dict[str, t.Any]]:
+        return {dataset.key: dataset.report_dict() for dataset in self._all()}
 
     def _make_client(self) -> PinterestClient | None:
         config = self.config
@@ -271,18 +299,10 @@ class TargetPinterestAudiences(Target):
             writes_per_minute=int(self._setting("max_writes_per_minute")),
             reads_per_minute=int(self._setting("max_reads_per_minute")),
             timeout=float(self._setting("request_timeout_seconds")),
+            concurrent_writes=int(self._setting("max_concurrent_writes")),
+            # Pinterest counts writes per token: runs on one token file share one window.
+            shared_window=store.path.with_name(store.path.name + ".writes"),
         )
-
-    @property
-    def suppression_streams(self) -> frozenset[str]:
-        """The streams whose records are opt-outs (the setting suppression_streams)."""
-        return frozenset(self.config.get("suppression_streams") or ())
-
-    def get_sink_class(self, stream_name: str) -> type[Sink]:
-        """A suppression stream's records go to the suppression set, not to a segment."""
-        if stream_name in self.suppression_streams:
-            return SuppressionSink
-        return super().get_sink_class(stream_name)
 
     # ---- messages --------------------------------------------------------------------
 
@@ -302,6 +322,7 @@ class TargetPinterestAudiences(Target):
             and not maps[0].flattening_enabled
             and maps[0].stream_alias == stream
             and type(sink) is AudienceSink  # a subclass may add per-record hooks
+            and sink.flow is not None
             and not sink.include_sdc_metadata_properties
         ):
             return sink
@@ -326,7 +347,7 @@ class TargetPinterestAudiences(Target):
         if sink._pending_batch is None:
             sink._get_context(record)
         sink.tally_record_read()
-        self.flow.add(record, sink.stream_name)
+        sink.flow.add(record, sink.stream_name)  # type: ignore[union-attr]
         sink.record_counter_metric.increment()
         if sink.is_full:
             self.logger.info(
@@ -346,7 +367,7 @@ class TargetPinterestAudiences(Target):
             self.logger.info(
                 "ACTIVATE_VERSION received (a full-table sync): nothing to do; %s",
                 "mirror mode removes members the source no longer holds at the end of the input"
-                if self.sync_mode == "mirror"
+                if not self.gate.pass_tap_state
                 else "events mode applies each record's action",
             )
 
@@ -392,9 +413,12 @@ class TargetPinterestAudiences(Target):
         self._assert_line_requires(message_dict, requires={"value"})
         # The suppression streams' records before it are kept before it can be written.
         self.suppression.flush()
-        self.flow.on_state(message_dict["value"])
+        ticket = self.gate.issue(message_dict["value"], list(self.datasets))
+        if ticket is not None:
+            for dataset in self.datasets.values():
+                dataset.on_tap_state(ticket)
 
-    def _emit_state(self, state: dict[str, t.Any]) -> None:
+    def _emit_state(self, state: dict[str, t.Any]) -> None:  # StateGate's writer
         if self.dry_run:
             # A dry run wrote nothing, so it writes no STATE: Meltano would store even a
             # bookmark-less line as the job's state and the next real run would resync.
@@ -413,75 +437,64 @@ class TargetPinterestAudiences(Target):
 
     def process_endofpipe(self) -> None:
         super().process_endofpipe()
-        self.flow.cut()
-        # A run that read only suppression streams has no segment source: its mirror
-        # segment must not take the missing records for an empty source.
+        datasets = self._all()
+        # A run that read only suppression streams has no segment source: a mirror dataset
+        # must not take the missing records for an empty source.
         segment_source = not self.suppression_streams or any(
             stream not in self.suppression_streams for stream in self._direct_sinks
         )
-        self.uploader.finish(complete=segment_source)
-        if self.uploader.error is not None:
-            err = self.uploader.error
-            raise (
-                err if isinstance(err, TargetError) else TargetError(f"{type(err).__name__}: {err}")
+        for dataset in datasets:  # every stream finishes its writes at once
+            dataset.request_finish(complete=segment_source)
+        held = [(dataset, dataset.finish()) for dataset in datasets]
+        suppression_problem = self._finish_suppression(datasets, complete=segment_source)
+        self.finished = True
+        self.gate.write()
+        self._log_summary()
+        self._close()
+        held_back = [(dataset, message) for dataset, message in held if message is not None]
+        also = f" Suppression: {suppression_problem}" if suppression_problem else ""
+        if held_back:
+            if len(held_back) == 1 and not self.gate.many:
+                raise TargetError(held_back[0][1] + also)
+            names = ", ".join(repr(dataset.stream) for dataset, _ in held_back)
+            raise TargetError(
+                f"removals were held back for {len(held_back)} stream(s) ({names}); every "
+                "other stream finished. "
+                + " ".join(f"Stream {d.stream!r}: {message}" for d, message in held_back)
+                + also
             )
-        held = self.uploader.held_message
-        # After the segment's writes: an identifier suppressed by a record that came after
-        # this run added it is removed too.
-        snapshot = self.uploader.writer.snapshot
-        suppression_problem = self.suppression.finish(
-            client=self.client,
-            complete=True,
-            open_snapshots=(
-                {snapshot.list_id: snapshot}
-                if snapshot is not None and not snapshot.readonly
-                else None
-            ),
+        if suppression_problem:
+            raise TargetError(suppression_problem)
+        for dataset in datasets:
+            r = dataset.report
+            if r.segment_name and not r.segment_id and not self.dry_run:
+                self.logger.warning(
+                    "%sNo Customer List named %r exists and this run had no adds to create it "
+                    "with: nothing was written",
+                    dataset.label(),
+                    r.segment_name,
+                )
+
+    def _finish_suppression(self, datasets: list[Dataset], *, complete: bool) -> str | None:
+        """After every stream's writes: the suppression streams' lifts and removals (an
+        identifier suppressed by a record that came after a stream added it is removed too);
+        the set's counts go into every stream's report."""
+        snapshots = {}
+        for dataset in datasets:
+            snapshot = dataset.uploader.writer.snapshot
+            if snapshot is not None and not snapshot.readonly:
+                snapshots[snapshot.list_id] = snapshot
+        client = self.client.for_stream("") if self.client is not None else None
+        problem = self.suppression.finish(
+            client=client, complete=complete, open_snapshots=snapshots
         )
-        held = "; ".join(m for m in (held, suppression_problem) if m) or None
-        self.report.complete = held is None
-        try:
-            self.uploader.report_ids_without_records()
-        except TargetError as exc:  # only a report: never fail a finished run for it
-            self.logger.warning("Could not look up the audience for the report: %s", exc)
-        self.uploader.report_audience_status()  # one read; a failure only warns
-        self.finished = True
-        self._emit_state(self.uploader.state_line())
-        self._log_summary()
-        self.uploader.close()
-        self.suppression.close()
-        if self.rejected is not None:
-            self.rejected.close()
-        if held is not None:
-            raise TargetError(held)
-        if self.report.segment_name and not self.report.segment_id and not self.dry_run:
-            self.logger.warning(
-                "No Customer List named %r exists and this run had no adds to create it with: "
-                "nothing was written",
-                self.report.segment_name,
-            )
-
-    #: Set once a fatal error stops the run: its summary then gives no advice for a good run.
-    failed = False
-
-    def stop_after_error(self) -> None:
-        """After a fatal error: write what precedes it (never a removal), checkpoint, report."""
-        self.failed = True
-        if self.finished:
-            return  # the end of input was handled; the error came after its STATE
-        self.finished = True
-        self.flow.discard_open()
-        self._keep_suppressed()
-        if self.uploader.error is None:
-            self.uploader.finish(complete=False)
-        else:
-            self.uploader.abort()
-        self._emit_state(self.uploader.state_line())
-        self._log_summary()
-        self.uploader.close()
-        self.suppression.close()
-        if self.rejected is not None:
-            self.rejected.close()
+        summary = self.suppression.report
+        for dataset in datasets:
+            dataset.report.suppressed_removed = summary.suppressed_removed
+            dataset.report.suppression_set_size = summary.suppression_set_size
+            if problem:
+                dataset.report.complete = False
+        return problem
 
     def _keep_suppressed(self) -> None:
         """A stopping run still keeps the opt-outs it read (their removal waits for the next
@@ -494,6 +507,29 @@ class TargetPinterestAudiences(Target):
                 "set (%s): send them again",
                 exc if isinstance(exc, TargetError) else type(exc).__name__,
             )
+
+    #: Set once a fatal error stops the run: its summary then gives no advice for a good run.
+    failed = False
+
+    def stop_after_error(self) -> None:
+        """After a fatal error: write what precedes it (never a removal), checkpoint, report."""
+        self.failed = True
+        if self.finished:
+            return  # the end of input was handled; the error came after its STATE
+        self.finished = True
+        self._keep_suppressed()
+        for dataset in self._all():
+            dataset.stop(after_error=True)
+        self.gate.write()
+        self._log_summary()
+        self._close()
+
+    def _close(self) -> None:
+        for dataset in self._all():
+            dataset.close()
+        self.suppression.close()
+        if self.rejected is not None:
+            self.rejected.close()
 
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
         """SIGTERM/SIGINT: unwind the main thread to `invoke`, which stops the run there.
@@ -526,100 +562,58 @@ class TargetPinterestAudiences(Target):
         if self.finished:
             return  # the end of input was handled and checkpointed already
         self.finished = True
-        self.flow.discard_open()
         self._keep_suppressed()
-        self.uploader.abort()
-        self._emit_state(self.uploader.state_line())
+        for dataset in self._all():
+            dataset.stop(after_error=False)
+        self.gate.write()
         self._log_summary()
-        self.uploader.close()
-        self.suppression.close()
-        if self.rejected is not None:
-            self.rejected.close()
+        self._close()
 
     def _log_summary(self) -> None:
-        r = self.report
-        skipped = ", ".join(f"{k}: {v}" for k, v in sorted(r.records_skipped.items())) or "none"
-        if self.dry_run:
-            self.logger.info("Dry run report: %s", serialize_json(r.as_dict()))
-        prefix = "Dry run (nothing written; no STATE):" if self.dry_run else "Run summary:"
-        self.logger.info(
-            "%s Customer List %s (%s%s), Audience %s (%s%s); records received %d, skipped %d "
-            "(%s); identifiers added %d, removed %d, removes before the list existed %d; "
-            "requests %d, retries %d%s",
-            prefix,
-            r.segment_id or "-",
-            r.segment_name or "no segment",
-            ", created" if r.list_created else "",
-            r.audience_id or "-",
-            r.audience_name or "-",
-            ", created" if r.audience_created else "",
-            r.records_received,
-            sum(r.records_skipped.values()),
-            skipped,
-            r.identifiers_added,
-            r.identifiers_removed,
-            r.removes_without_list,
-            r.requests,
-            r.retries,
-            r.audience_summary(),
-        )
-        if self.suppression_streams or r.suppression_set_size or "suppressed" in r.records_skipped:
+        prefix = "Dry run (nothing written; no STATE)" if self.dry_run else "Run summary"
+        datasets = self._all()
+        for dataset in datasets:
+            dataset.log_summary(prefix, failed=self.failed)
+        if self.gate.many:
+            reports = [dataset.report for dataset in datasets]
             self.logger.info(
-                "%s suppression: set size %d, records of suppression streams %d, newly "
+                "%s: %d streams in all; records received %d, skipped %d; identifiers added %d, "
+                "removed %d; requests %d, retries %d",
+                prefix,
+                len(datasets),
+                sum(r.records_received for r in reports),
+                sum(sum(r.records_skipped.values()) for r in reports),
+                sum(r.identifiers_added for r in reports),
+                sum(r.identifiers_removed for r in reports),
+                sum(r.requests for r in reports),
+                sum(r.retries for r in reports),
+            )
+        s = self.suppression.report
+        if (
+            self.suppression_streams
+            or s.suppression_set_size
+            or any("suppressed" in dataset.report.records_skipped for dataset in datasets)
+        ):
+            self.logger.info(
+                "%s: suppression: set size %d, records of suppression streams %d, newly "
                 "suppressed %d, lifted %d, records skipped as suppressed %d, removals %s %d",
                 prefix,
-                r.suppression_set_size,
-                r.suppression_records,
-                r.suppression_added,
-                r.suppression_lifted,
-                r.records_skipped.get("suppressed", 0),
+                s.suppression_set_size,
+                s.suppression_records,
+                s.suppression_added,
+                s.suppression_lifted,
+                sum(dataset.report.records_skipped.get("suppressed", 0) for dataset in datasets),
                 "that would be sent" if self.dry_run else "confirmed",
-                r.suppressed_removed,
+                s.suppressed_removed,
             )
         if self.rejected is not None:
             lines = self.rejected.lines
             self.logger.info(
-                "%s rejected records: %d line%s appended to %s",
+                "%s: rejected records: %d line%s appended to %s",
                 prefix,
                 lines,
                 "" if lines == 1 else "s",
                 self.rejected.path,
-            )
-        if r.sync_mode == "mirror":
-            held = (
-                f"{r.removals_held_back} ({r.removals_held_back_reason})"
-                if r.removals_held_back
-                else "0"
-            )
-            self.logger.info(
-                "%s mirror sync: members in source %d, unchanged %d (no request), %s %d, "
-                "%s %d, removals held back %s; snapshot %s (%s)",
-                prefix,
-                r.members_in_source,
-                r.unchanged,
-                "would add" if self.dry_run else "added",
-                r.identifiers_added,
-                "would remove" if self.dry_run else "removed",
-                r.identifiers_removed,
-                held,
-                r.snapshot or "new",
-                self.store.where,
-            )
-            if r.complete and r.members_in_source < MIN_AUDIENCE_SIZE and not r.removals_held_back:
-                self.logger.warning(
-                    "The source holds %d members: Pinterest needs at least %d matched users "
-                    "before an Audience can be targeted (matching takes 24-48 hours)",
-                    r.members_in_source,
-                    MIN_AUDIENCE_SIZE,
-                )
-            return
-        distinct = len(self.uploader.distinct_added)
-        if r.records_received and distinct < MIN_AUDIENCE_SIZE and not self.failed:
-            self.logger.warning(
-                "Only %d distinct identifiers were added in this run: Pinterest needs at least %d "
-                "matched users before an Audience can be targeted (matching takes 24-48 hours)",
-                distinct,
-                MIN_AUDIENCE_SIZE,
             )
 
     # ---- CLI -------------------------------------------------------------------------
@@ -673,7 +667,7 @@ class TargetPinterestAudiences(Target):
     @classmethod
     def _terminate(cls, target: TargetPinterestAudiences | None, signum: int) -> t.NoReturn:
         logger = logging.getLogger(cls.name)
-        if target is not None and hasattr(target, "flow"):
+        if target is not None and hasattr(target, "datasets"):
             try:
                 target.stop_after_signal(signum)
             except Exception as second:
@@ -718,7 +712,7 @@ class TargetPinterestAudiences(Target):
         """Write what came before the error, then end the log with its cause, on one line:
         the tail of a Meltano log is what a reader sees first."""
         logger = logging.getLogger(cls.name)
-        if target is not None and hasattr(target, "flow"):
+        if target is not None and hasattr(target, "datasets"):
             target.failed = True  # from here on, a signal lets this stop go on
             logger.info(
                 "Stopping early (the cause is on the last line): writing what came before "

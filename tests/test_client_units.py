@@ -14,11 +14,10 @@ import pytest
 
 from target_pinterest_audiences.pinterest.client import (
     RetryPolicy,
-    SlidingWindowLimiter,
-    WaitClock,
     _is_too_large,
     parse_retry_after,
 )
+from target_pinterest_audiences.pinterest.limits import SlidingWindowLimiter, WaitClock
 from target_pinterest_audiences.pinterest.tokens import TokenManager, TokenStore, token_record
 
 

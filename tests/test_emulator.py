@@ -27,7 +27,7 @@ import pytest
 import requests
 
 from target_pinterest_audiences.emulator import Emulator, max_events_in_window
-from target_pinterest_audiences.emulator import server as emulator_module
+from target_pinterest_audiences.emulator import oauth as emulator_oauth
 
 ACCOUNT = "549755885175"
 OTHER_ACCOUNT = "549755885176"
@@ -430,7 +430,7 @@ def test_code_exchange_rejects_wrong_redirect_and_client_auth(emu: Emulator) -> 
 
 def test_codes_and_access_tokens_expire_with_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """Codes live 10 minutes and tokens expires_in seconds; zero lifetimes prove both checks."""
-    monkeypatch.setattr(emulator_module, "AUTH_CODE_TTL_S", 0)
+    monkeypatch.setattr(emulator_oauth, "AUTH_CODE_TTL_S", 0)
     with Emulator(access_token_expires_in=0) as emu:
         assert_error(requests.get(lists_url(emu), headers=BEARER, timeout=TIMEOUT), 401, 2)
         grant = {"grant_type": "authorization_code", "redirect_uri": REDIRECT}
@@ -527,6 +527,113 @@ def test_audience_rule_check_and_live_size(emu: Emulator, api: requests.Session)
     got = api.get(f"{audiences_url(emu)}/{audience['id']}").json()
     assert (got["size"], got["status"]) == (103, "READY")
     assert emu.state()["audiences"][0]["size"] == 103
+
+
+def test_requests_as_pinterests_sdk_sends_them(emu: Emulator, api: requests.Session) -> None:
+    """ad_account_id in a CustomerListRequest and in a rule (Pinterest's SDK sends both) are
+    accepted when they name the path's account, refused when they name another."""
+    body = {"ad_account_id": ACCOUNT, "name": "crm", "records": h(1), "list_type": "EMAIL"}
+    lst = create_list(api, emu, [h(1)], ad_account_id=ACCOUNT)
+    assert lst["ad_account_id"] == ACCOUNT
+    resp = api.post(lists_url(emu), json=dict(body, ad_account_id=OTHER_ACCOUNT))
+    assert_error(resp, 400, 1, "ad_account_id")
+    audience = {
+        "ad_account_id": ACCOUNT,
+        "name": "crm audience",
+        "audience_type": "CUSTOMER_LIST",
+        "rule": {"customer_list_id": lst["id"], "ad_account_id": ACCOUNT},
+        "description": "",
+    }
+    resp = api.post(audiences_url(emu), json=audience)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["rule"] == {"customer_list_id": lst["id"], "ad_account_id": ACCOUNT}
+    wrong = dict(audience, rule={"customer_list_id": lst["id"], "ad_account_id": OTHER_ACCOUNT})
+    assert_error(api.post(audiences_url(emu), json=wrong), 400, 1, "ad_account_id")
+
+
+def _ready_seed(emu: Emulator, api: requests.Session, n: int = 100) -> dict[str, Any]:
+    lst = create_list(api, emu, [h(i) for i in range(n)])
+    body = {
+        "name": "seed",
+        "audience_type": "CUSTOMER_LIST",
+        "rule": {"customer_list_id": lst["id"]},
+    }
+    resp = api.post(audiences_url(emu), json=body)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def test_actalike_audience_rule_follows_the_spec(emu: Emulator, api: requests.Session) -> None:
+    seed = _ready_seed(emu, api)
+    assert seed["status"] == "READY"
+    other_list = api.post(lists_url(emu, OTHER_ACCOUNT), json={"name": "x", "records": h(1)})
+    other_seed = api.post(
+        audiences_url(emu, OTHER_ACCOUNT),
+        json={
+            "name": "s",
+            "audience_type": "CUSTOMER_LIST",
+            "rule": {"customer_list_id": other_list.json()["id"]},
+        },
+    ).json()
+    rule = {"seed_id": [seed["id"]], "country": "GB", "percentage": 10}
+    good: dict[str, Any] = {"name": "look", "audience_type": "ACTALIKE", "rule": rule}
+    bad_rules: list[dict[str, Any]] = [
+        {k: v for k, v in rule.items() if k != "seed_id"},
+        {k: v for k, v in rule.items() if k != "country"},
+        {k: v for k, v in rule.items() if k != "percentage"},
+        dict(rule, seed_id=[]),
+        dict(rule, seed_id=seed["id"]),
+        dict(rule, seed_id=["999"]),
+        dict(rule, seed_id=[other_seed["id"]]),
+        dict(rule, country="FR"),
+        dict(rule, country="us"),
+        dict(rule, percentage=0),
+        dict(rule, percentage=11),
+        dict(rule, percentage="5"),
+        dict(rule, percentage=True),
+        dict(rule, customer_list_id="1"),
+        dict(rule, ad_account_id=OTHER_ACCOUNT),
+    ]
+    for bad in bad_rules:
+        assert_error(api.post(audiences_url(emu), json=dict(good, rule=bad)), 400, 1, "rule")
+    assert "ACTALIKE" not in [a["audience_type"] for a in emu.state()["audiences"]]
+
+    for country, percentage, size in (("GB", 10, 1_500_000), ("US", 1, 900_000)):
+        body = dict(good, rule=dict(rule, country=country, percentage=percentage))
+        resp = api.post(audiences_url(emu), json=body)
+        assert resp.status_code == 200, resp.text
+        made = resp.json()
+        assert made["rule"] == body["rule"]
+        assert (made["audience_type"], made["status"], made["size"]) == ("ACTALIKE", "READY", size)
+
+
+def test_actalike_refuses_a_seed_not_ready_and_takes_time(
+    emu: Emulator, api: requests.Session
+) -> None:
+    small = _ready_seed(emu, api, n=99)
+    assert small["status"] == "TOO_SMALL"
+    body = {
+        "name": "look",
+        "audience_type": "ACTALIKE",
+        "rule": {"seed_id": [small["id"]], "country": "US", "percentage": 5},
+    }
+    message = assert_error(api.post(audiences_url(emu), json=body), 400, 1, "not ready")
+    assert "TOO_SMALL" in message and "100" in message
+    emu.configure(match_delay_seconds=3600)
+    matching = _ready_seed(emu, api, n=150)
+    assert matching["status"] == "INITIALIZING"
+    body["rule"]["seed_id"] = [matching["id"]]
+    message = assert_error(api.post(audiences_url(emu), json=body), 400, 1, "not ready")
+    assert "INITIALIZING" in message
+    emu.configure(match_delay_seconds=0)
+    assert api.get(f"{audiences_url(emu)}/{matching['id']}").json()["status"] == "READY"
+    emu.configure(match_delay_seconds=3600)  # the seed is matched; the actalike not yet made
+    resp = api.post(audiences_url(emu), json=body)
+    assert resp.status_code == 200, resp.text
+    assert (resp.json()["status"], resp.json()["size"]) == ("INITIALIZING", None)
+    emu.configure(match_delay_seconds=0)
+    got = api.get(f"{audiences_url(emu)}/{resp.json()['id']}").json()
+    assert (got["status"], got["size"]) == ("READY", 4_500_000)
 
 
 def test_audience_update_list_and_remove(emu: Emulator, api: requests.Session) -> None:

@@ -6,8 +6,8 @@
   PostgreSQL server given by the PG* variables (scripts/setup-postgres.sh starts one);
   without one the test is skipped and says why (TPA_REQUIRE_POSTGRES=1 makes that a failure);
 - `meltano config list` shows every setting the target has, never a secret.
-- many segments at once: the README's recipe (one inherited extractor and loader per
-  segment) run as three parallel `meltano run` jobs on one emulator and one token file.
+- many segments at once: the recipe of docs/many-segments.md (one inherited extractor and
+  loader per segment) run as three parallel `meltano run` jobs on one emulator and one token file.
 
 Each test gets its own emulator and Meltano project; Meltano and the plugin venvs are built
 once and cached (tests/meltano_helpers.py).
@@ -15,6 +15,7 @@ once and cached (tests/meltano_helpers.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -361,18 +362,20 @@ def test_config_list_shows_settings_not_secrets(meltano: mh.Meltano) -> None:
 
 # ---- many segments at once -------------------------------------------------------------------
 
-_RECIPE_MARKER = "<!-- tests/test_meltano.py merges this block"
+_RECIPE_MARKER = (
+    "<!-- tests/test_meltano.py merges this block into a project and runs its jobs at once"
+)
 
 
 def segments_recipe() -> dict[str, Any]:
-    """The README's recipe for many segments, exactly as a user copies it."""
-    text = (mh.REPO / "README.md").read_text(encoding="utf-8")
+    """The recipe of docs/many-segments.md, exactly as a user copies it."""
+    text = (mh.REPO / "docs" / "many-segments.md").read_text(encoding="utf-8")
     start = text.index("```yaml\n", text.index(_RECIPE_MARKER)) + len("```yaml\n")
     return yaml.safe_load(text[start : text.index("```", start)])
 
 
 def test_segments_run_as_parallel_jobs(meltano: mh.Meltano, emu: Emulator, sample: Any) -> None:
-    """Three segment jobs of the README's recipe at once: one source, one emulator, one token
+    """Three segment jobs of the docs' recipe at once: one source, one emulator, one token
     file whose refresh token is single-use and rotated while the jobs run."""
     recipe = segments_recipe()
     project_file = meltano.project / "meltano.yml"
@@ -483,3 +486,77 @@ def test_segments_run_as_parallel_jobs(meltano: mh.Meltano, emu: Emulator, sampl
     assert 1 <= refreshes <= len(grants), (refreshes, grants)
     assert {r["status"] for r in grants} == {200}, grants
     assert json.loads(token_file.read_text())["refresh_token"] != "emu-refresh-token"
+
+
+# ---- many segments in one run ----------------------------------------------------------------
+
+_ONE_JOB_MARKER = "<!-- tests/test_meltano.py merges this block into a project and runs its one job"
+
+
+def one_job_recipe() -> dict[str, Any]:
+    """docs/many-segments.md's recipe: one extractor, one loader, one job."""
+    text = (mh.REPO / "docs" / "many-segments.md").read_text(encoding="utf-8")
+    start = text.index("```yaml\n", text.index(_ONE_JOB_MARKER)) + len("```yaml\n")
+    return yaml.safe_load(text[start : text.index("```", start)])
+
+
+def test_segments_in_one_run_from_postgres(
+    meltano: mh.Meltano, emu: Emulator, warehouse: mh.Postgres
+) -> None:
+    """Three tables, one of them split by stream maps into two segments, read by one
+    extractor and synced by one loader in one job: one list and Audience per segment, each
+    exact; a second run adopts them all and duplicates nothing."""
+    people = {
+        "vip": [("VIP", f"vip{i}@example.com") for i in range(6)],
+        "lapsed": [("Lapsed", f"lapsed{i}@example.com") for i in range(4)],
+        "members": [("Gold" if i % 2 else "Silver", f"member{i}@example.com") for i in range(10)],
+    }
+    for table, rows in people.items():
+        warehouse.execute(
+            f"CREATE TABLE {table} (id bigint PRIMARY KEY, segment_name text NOT NULL,"
+            " action text NOT NULL, email text)",
+            (
+                f"INSERT INTO {table} (id, segment_name, action, email)"  # noqa: S608
+                " VALUES (%s, %s, 'add', %s)",
+                [[i, segment, email] for i, (segment, email) in enumerate(rows)],
+                True,
+            ),
+        )
+    recipe = one_job_recipe()
+    project_file = meltano.project / "meltano.yml"
+    project = yaml.safe_load(project_file.read_text(encoding="utf-8"))
+    for kind in ("extractors", "loaders"):
+        project["plugins"][kind] += recipe["plugins"][kind]
+    project["jobs"] += recipe["jobs"]
+    project_file.write_text(yaml.safe_dump(project, sort_keys=False), encoding="utf-8")
+    (job,) = recipe["jobs"]
+    tap, target = job["tasks"][0].split()
+    env = dict(meltano.env, **{v: os.environ[v] for v in _PG_VARS if v in os.environ})
+    env["PGDATABASE"] = warehouse.dbname or ""
+
+    expected = {
+        "public-vip": ("VIP", "VIP customers"),
+        "public-lapsed": ("Lapsed", "Lapsed customers"),
+        "gold": ("Gold", "Gold customers"),
+        "silver": ("Silver", "Silver customers"),
+    }
+    for run in (1, 2):
+        meltano("--environment=dev", "run", job["name"], env=env)
+        proc = meltano("--environment=dev", "state", "get", f"dev:{tap}-to-{target}")
+        value = json.loads(proc.stdout[proc.stdout.index("{") :])
+        reports = value.get("singer_state", value)["pinterest_audiences"]
+        assert set(reports) == set(expected), reports
+        state = emu.state()
+        lists = {str(item["id"]): item for item in state["lists"]}
+        audiences = {str(item["id"]): item for item in state["audiences"]}
+        assert len(lists) == len(audiences) == len(expected)
+        for stream, (segment, audience_name) in expected.items():
+            report = reports[stream]
+            lst, audience = lists[str(report["segment_id"])], audiences[str(report["audience_id"])]
+            assert lst["name"] == segment
+            assert audience["name"] == audience_name
+            assert str(audience["rule"]["customer_list_id"]) == str(lst["id"])
+            source = [e for rows in people.values() for s, e in rows if s == segment]
+            assert set(lst["members"]) == {hashlib.sha256(e.encode()).hexdigest() for e in source}
+            assert report["list_created"] is (run == 1)
+            assert report["complete"] is True

@@ -293,7 +293,7 @@ def test_mirror_does_not_pass_tap_bookmarks_on_and_accepts_activate_version(
     ]
     run = run_target(mirror_config(base_config), messages)
     assert run.returncode == 0, run.stderr
-    assert all(set(s) == {"pinterest_audience"} for s in run.states)
+    assert all(set(s) == {"pinterest_audience", "pinterest_audiences"} for s in run.states)
     assert set(the_list(emulator)["members"]) == hashed(emails(range(5)))
     events = run_target(
         base_config,

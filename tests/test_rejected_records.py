@@ -42,7 +42,8 @@ def customer(**fields: Any) -> dict[str, Any]:
 
 
 def partner(**fields: Any) -> dict[str, Any]:
-    return {"type": "RECORD", "stream": "partners", "record": {"segment_name": "S", **fields}}
+    # another stream: its own segment (a stream is its own Customer List and Audience)
+    return {"type": "RECORD", "stream": "partners", "record": {"segment_name": "P", **fields}}
 
 
 def as_text(messages: list[dict[str, Any]]) -> str:
@@ -153,6 +154,17 @@ IDENTIFIER_VALUES = [
 ]
 
 
+def per_stream_numbers() -> list[dict[str, Any]]:
+    """The expected lines: records are numbered within their stream (a stream is a dataset)."""
+    seen: dict[str, int] = {}
+    lines = []
+    for message, line in ROWS:
+        seen[message["stream"]] = seen.get(message["stream"], 0) + 1
+        if line is not None:
+            lines.append({**line, "record_number": seen[message["stream"]]})
+    return lines
+
+
 def messages() -> list[dict[str, Any]]:
     return [CUSTOMERS, PARTNERS, *(message for message, _ in ROWS)]
 
@@ -165,13 +177,18 @@ def test_skipped_records_are_written_with_their_keys_and_no_identifier(
     emulator, base_config, run_target, tmp_path
 ):
     path = tmp_path / "rejected.jsonl"
-    config = {**base_config, "on_invalid_record": "skip", "rejected_records_path": str(path)}
+    config = {
+        **base_config,
+        "audience_name": "{stream} audience",
+        "on_invalid_record": "skip",
+        "rejected_records_path": str(path),
+    }
     run = run_target(config, as_text(messages()))
     assert run.returncode == 0, run.stderr
 
     text = path.read_text(encoding="utf-8")
     lines = [json.loads(line) for line in text.splitlines()]
-    expected = [line for _, line in ROWS if line is not None]
+    expected = per_stream_numbers()
     assert lines == expected
     # numbers are written as the tap sent them (3.50 stays 3.50, not 3.5)
     assert '"customer_id":3.50' in text
@@ -180,9 +197,13 @@ def test_skipped_records_are_written_with_their_keys_and_no_identifier(
         assert value.lower() not in text.lower(), value
     assert mode_of(path) == 0o600
 
-    assert sum(run.final["records_skipped"].values()) == len(expected)
-    (created,) = lists_named(emulator, "S")
-    assert set(created["members"]) == {email_hash("ok10@example.com"), sha(MAID.lower())}
+    reports = run.states[-1]["pinterest_audiences"].values()
+    assert sum(sum(r["records_skipped"].values()) for r in reports) == len(expected)
+    made = [*lists_named(emulator, "S"), *lists_named(emulator, "P")]
+    assert set().union(*(m["members"] for m in made)) == {
+        email_hash("ok10@example.com"),
+        sha(MAID.lower()),
+    }
     assert f"Run summary: rejected records: {len(expected)} lines appended to {path}" in run.stderr
     # identifier key properties: left out, and said once per stream
     assert run.stderr.count("key properties 'email' of stream 'customers'") == 1
@@ -214,6 +235,7 @@ def test_the_file_is_private_whatever_the_umask_and_an_existing_one_is_made_priv
         for path in (new, existing):
             config = {
                 **base_config,
+                "audience_name": "{stream} audience",
                 "on_invalid_record": "skip",
                 "rejected_records_path": str(path),
             }

@@ -15,7 +15,7 @@ StandardTargetTests = get_target_test_class(
     TargetPinterestAudiences,
     config={
         "ad_account_id": "549755885175",
-        "audience_name": "standard tests",
+        "audience_name": "standard tests {stream}",
         "dry_run": True,
         "on_invalid_record": "skip",
         "token_cache_path": "/nonexistent/tokens.json",

@@ -25,7 +25,7 @@ ADMIN = "target-pinterest-audiences-admin"
 ALIAS = "target-pinterest-audiences-auth"
 #: Long enough that nothing is matched until a test sets the delay to 0 ("matching happened").
 NEVER = 3600.0
-JSON_KEYS = {"audience", "customer_list", "confirmed_members", "match_rate"}
+JSON_KEYS = {"audience", "customer_list", "confirmed_members", "match_rate", "actalike_audiences"}
 AUDIENCE_KEYS = {"id", "name", "status", "size"}
 LIST_KEYS = {
     "id",
@@ -308,9 +308,9 @@ def test_unknown_or_ambiguous_audiences_are_clean_errors(
         admin(*account, "--audience-name", "Nobody", "--format", "json"),
         "no CUSTOMER_LIST Audience named 'Nobody'",
     )
-    missing = admin(*account)
-    assert_one_line_error(missing, "--audience-id or --audience-name")
-    assert missing.returncode == 2
+    nothing_kept = admin(*account)  # no audience named: every one the target keeps (none yet)
+    assert nothing_kept.returncode == 0, nothing_kept.stderr
+    assert "No Audience of ad account" in nothing_kept.stdout
 
     assert run_target(base_config, adds(3)).returncode == 0
     list_id = emulator.state()["lists"][0]["id"]
@@ -399,3 +399,75 @@ def test_a_failed_read_of_the_list_keeps_the_audience_figures(emulator, base_con
     assert second.final["match_rate"] is None
     assert "Could not read the Customer List's status" in second.stderr
     assert "status could not be read" in second.stderr
+
+
+def test_status_without_an_audience_lists_every_audience_the_target_keeps(
+    emulator, base_config, run_target, admin
+):
+    def stream_rows(stream: str, segment: str, n: int) -> list[dict[str, Any]]:
+        schema = {
+            "type": "SCHEMA",
+            "stream": stream,
+            "schema": {"type": "object", "properties": {"id": {"type": "integer"}}},
+            "key_properties": ["id"],
+        }
+        rows = [
+            {
+                "type": "RECORD",
+                "stream": stream,
+                "record": {
+                    "id": i,
+                    "segment_name": segment,
+                    "action": "add",
+                    "email": f"{segment}{i}@example.com",
+                },
+            }
+            for i in range(n)
+        ]
+        return [schema, *rows]
+
+    config = {**base_config, "audience_name": "{segment_name} buyers"}
+    messages = stream_rows("a", "Gold", 120) + stream_rows("b", "Silver", 30)
+    assert run_target(config, messages, with_schema=False).returncode == 0
+    # an Audience the target does not keep (no snapshot of its list) is not listed
+    base = f"{emulator.api_url}/ad_accounts/{AD_ACCOUNT}"
+    headers = {"Authorization": f"Bearer {ACCESS_TOKEN}"}
+    other = requests.post(
+        f"{base}/customer_lists",
+        json={"name": "Elsewhere", "records": "a" * 64, "list_type": "EMAIL"},
+        headers=headers,
+        timeout=10,
+    ).json()["id"]
+    requests.post(
+        f"{base}/audiences",
+        json={
+            "name": "Not ours",
+            "audience_type": "CUSTOMER_LIST",
+            "rule": {"customer_list_id": other},
+        },
+        headers=headers,
+        timeout=10,
+    ).raise_for_status()
+
+    table = admin("--ad-account-id", AD_ACCOUNT)
+    assert table.returncode == 0, table.stderr
+    assert "Gold buyers" in table.stdout and "Silver buyers" in table.stdout
+    assert "Not ours" not in table.stdout
+    assert "(2 Audiences;" in table.stdout
+
+    listed = admin("--ad-account-id", AD_ACCOUNT, "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    by_name = {row["audience"]["name"]: row for row in rows}
+    assert set(by_name) == {"Gold buyers", "Silver buyers"}
+    assert by_name["Gold buyers"]["confirmed_members"] == 120
+    assert by_name["Silver buyers"]["confirmed_members"] == 30
+    assert by_name["Gold buyers"]["audience"]["status"] == "READY"
+    assert by_name["Gold buyers"]["match_rate"] == 1.0
+    # a templated audience_name in the settings (as Meltano passes it) means: every Audience
+    templated = admin(
+        "--ad-account-id",
+        AD_ACCOUNT,
+        env={"TARGET_PINTEREST_AUDIENCES_AUDIENCE_NAME": "{segment_name} buyers"},
+    )
+    assert templated.returncode == 0 and "(2 Audiences;" in templated.stdout

@@ -36,7 +36,8 @@ from conftest import (
     start_cli,
 )
 
-from target_pinterest_audiences.admin import check, connect
+from target_pinterest_audiences.admin import check as admin_check
+from target_pinterest_audiences.admin import connect
 from target_pinterest_audiences.emulator import Emulator
 from target_pinterest_audiences.pinterest import tokens
 from target_pinterest_audiences.pinterest.client import PinterestClient, RetryPolicy
@@ -341,7 +342,7 @@ def test_check_refreshes_under_the_lock(single_use: Emulator, tmp_path: Path) ->
 
     def check() -> None:
         results.append(
-            check.check_connection(
+            admin_check.check_connection(
                 ad_account_id=AD_ACCOUNT,
                 api_url=single_use.api_url,
                 client_id=CLIENT_ID,
@@ -391,7 +392,7 @@ def test_check_calls_a_stuck_token_lock_not_ready_not_unreachable(
     seed(store)  # no scope stored: check refreshes to learn it, under the lock
     monkeypatch.setattr(tokens, "LOCK_WAIT_SECONDS", 0.2)
     with store.lock():  # a stuck run holds it
-        ok, message = check.check_connection(
+        ok, message = admin_check.check_connection(
             ad_account_id=AD_ACCOUNT,
             api_url="http://127.0.0.1:9",
             client_id=CLIENT_ID,

@@ -175,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
         "counters, confirmed members, match rate",
         description="Read one CUSTOMER_LIST Audience and its Customer List, count the "
         "identifiers the target confirmed (the snapshot store) and compute the match rate "
-        "(audience size / confirmed members). Reads only. Exit 0 when everything was read.",
+        "(audience size / confirmed members); without an audience, one row for every "
+        "Audience the target keeps for the ad account. Reads only. Exit 0 when everything "
+        "was read.",
     )
     which = status.add_mutually_exclusive_group()
     which.add_argument(

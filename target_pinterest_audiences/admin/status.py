@@ -1,5 +1,6 @@
-"""`status`: reads one CUSTOMER_LIST Audience and its Customer List, with the same tokens as
-`check`, and the confirmed members from the snapshot store (sync/status.py does the reading).
+"""`status`: reads one CUSTOMER_LIST Audience, its Customer List and the ACTALIKE audiences it
+seeds, with the same tokens as `check`, and the confirmed members from the snapshot store
+(sync/status.py does the reading).
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ from target_pinterest_audiences.pinterest.tokens import (
     default_token_cache_path,
 )
 from target_pinterest_audiences.store.snapshot import SnapshotStore
-from target_pinterest_audiences.sync.status import read_status
+from target_pinterest_audiences.sync.status import (
+    account_table,
+    read_account_status,
+    read_status,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +50,16 @@ def _which_audience(args: argparse.Namespace) -> tuple[str | None, str | None]:
     audience_id = _env("AUDIENCE_ID")
     if audience_id:
         return audience_id, None
-    return None, _env("AUDIENCE_NAME")
+    name = _env("AUDIENCE_NAME")
+    if name and any(p in name for p in ("{stream}", "{segment_name}")):
+        return None, None  # a name filled in per stream: every Audience of the account
+    return None, name
 
 
 def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """Print the Audience's and its list's status, the confirmed members and the match rate."""
+    """Print the Audience's and its list's status, the confirmed members, the match rate and
+    the actalike audiences it seeds; without an audience, one row for every Audience the
+    target keeps for the ad account."""
 
     def fail(message: str, code: int = 1) -> int:
         line = message.replace("\r", " ").replace("\n", " ")
@@ -60,12 +70,6 @@ def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not account:
         return fail(f"say which ad account: --ad-account-id or {ENV_PREFIX}AD_ACCOUNT_ID", 2)
     audience_id, audience_name = _which_audience(args)
-    if not audience_id and not audience_name:
-        return fail(
-            "say which audience: --audience-id or --audience-name (or "
-            f"{ENV_PREFIX}AUDIENCE_ID / {ENV_PREFIX}AUDIENCE_NAME)",
-            2,
-        )
     if audience_id and not _is_pinterest_id(audience_id):
         return fail(f"the audience id must be 1 to 18 digits (0-9), got {audience_id!r}", 2)
     store_path = args.token_cache_path or default_token_cache_path(account)
@@ -103,6 +107,13 @@ def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         api_url=args.api_url,
     )
     try:
+        if not audience_id and not audience_name:  # every Audience the target keeps
+            statuses = read_account_status(client, store, account)
+            if args.format == "json":
+                print(json.dumps([each.as_json() for each in statuses]), file=out, flush=True)
+            else:
+                print(account_table(statuses, account, store.where), file=out, flush=True)
+            return 0
         status = read_status(
             client, store, account, audience_id=audience_id, audience_name=audience_name
         )

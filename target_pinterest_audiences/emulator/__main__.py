@@ -2,6 +2,6 @@
 
 import sys
 
-from target_pinterest_audiences.emulator.server import main
+from target_pinterest_audiences.emulator.cli import main
 
 sys.exit(main())

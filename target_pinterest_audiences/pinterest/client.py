@@ -7,19 +7,27 @@ is reported live here and nowhere else.
 
 from __future__ import annotations
 
-import collections
+import copy
 import logging
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import backoff
 import requests
 
 from target_pinterest_audiences.errors import TargetError
+from target_pinterest_audiences.pinterest.limits import (
+    FairTurns,
+    SharedWriteWindow,
+    SlidingWindowLimiter,
+    Stopped,
+)
 from target_pinterest_audiences.pinterest.tokens import AuthError, TokenManager, TransientAuthError
 
 #: How often one request may meet a 401, refresh the token and repeat.
@@ -131,100 +139,6 @@ def parse_retry_after(value: str | None) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-class WaitClock:
-    """Wall-clock seconds during which at least one thread was waiting, a wait in progress
-    included: concurrent waiters are not counted twice, and a progress line written during
-    a long wait already shows it."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._total = 0.0
-        self._waiting = 0
-        self._since = 0.0
-
-    def begin(self) -> None:
-        with self._lock:
-            if not self._waiting:
-                self._since = self.clock()
-            self._waiting += 1
-
-    def end(self) -> None:
-        with self._lock:
-            self._waiting -= 1
-            if not self._waiting:
-                self._total += max(0.0, self.clock() - self._since)
-
-    @property
-    def seconds(self) -> float:
-        with self._lock:
-            if self._waiting:
-                return self._total + max(0.0, self.clock() - self._since)
-            return self._total
-
-
-class SlidingWindowLimiter:
-    """At most `limit` calls in any `window` seconds, counted from each call's completion.
-
-    Counting from completion (not from sending) keeps the limit true as Pinterest sees it:
-    a later call is sent only once an earlier one has answered and a full window passed.
-    """
-
-    def __init__(
-        self,
-        limit: int,
-        window: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.limit = limit
-        self.window = window
-        self.clock = clock
-        self.sleep = sleep
-        self._done: collections.deque[float] = collections.deque()
-        self._in_flight = 0
-        self._cond = threading.Condition()
-        #: How long calls were held back by the limit (read by the progress line).
-        self.waits = WaitClock(clock)
-
-    @property
-    def waited_seconds(self) -> float:
-        return self.waits.seconds
-
-    def acquire(self) -> None:
-        with self._cond:
-            held = False
-            try:
-                while True:
-                    now = self.clock()
-                    while self._done and self._done[0] + self.window <= now:
-                        self._done.popleft()
-                    if len(self._done) + self._in_flight < self.limit:
-                        self._in_flight += 1
-                        return
-                    if not held:
-                        held = True
-                        self.waits.begin()
-                    if self._done:
-                        wait = self._done[0] + self.window - now + 0.01
-                        self._cond.release()
-                        try:
-                            self.sleep(wait)
-                        finally:
-                            self._cond.acquire()
-                    else:
-                        self._cond.wait(1.0)
-            finally:
-                if held:
-                    self.waits.end()
-
-    def release(self) -> None:
-        with self._cond:
-            self._in_flight -= 1
-            self._done.append(self.clock())
-            self._cond.notify_all()
-
-
 class BearerAuth(requests.auth.AuthBase):
     """The Authorization header, set as requests' auth: then requests neither looks up
     ~/.netrc on every call nor lets a netrc entry for the API host replace the token."""
@@ -251,14 +165,30 @@ class PinterestClient:
         reads_per_minute: int = 1000,
         timeout: float = 60.0,
         stop_event: threading.Event | None = None,
+        concurrent_writes: int = 4,
+        shared_window: Path | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.tokens = tokens
         self.logger = logger
         self.retry = retry
         self.timeout = timeout
+        # One budget for the run: every stream's client (see for_stream) shares these.
         self.write_limiter = SlidingWindowLimiter(writes_per_minute)
         self.read_limiter = SlidingWindowLimiter(reads_per_minute)
+        self.turns = FairTurns(concurrent_writes)
+        #: Processes on one token file share its write window (None: this process only).
+        self.shared_window = (
+            SharedWriteWindow(
+                shared_window,
+                writes_per_minute,
+                in_flight_seconds=self.straggle_seconds(),
+            )
+            if shared_window is not None
+            else None
+        )
+        #: Whose turn a write of this client takes (a stream's name; "" for the run's own).
+        self.turn_key = ""
         self.stop_event = stop_event or threading.Event()
         self.session = requests.Session()
         self.session.headers["Accept"] = "application/json"
@@ -268,6 +198,50 @@ class PinterestClient:
         self.timeouts = 0
         self._counters = threading.Lock()  # PATCHes may run in several threads
         self.last_rid: str | None = None
+
+    def for_stream(self, stream: str) -> PinterestClient:
+        """A client for one stream of the run: its own counters (for its report) and session,
+        the run's budget (limits, turns, shared window), tokens and stop event."""
+        sibling = copy.copy(self)
+        sibling.turn_key = stream
+        sibling.session = requests.Session()
+        sibling.session.headers.update(self.session.headers)
+        sibling.requests_sent = sibling.retries = sibling.timeouts = 0
+        sibling._counters = threading.Lock()
+        sibling.last_rid = None
+        return sibling
+
+    def _take_budget(self, is_write: bool, limiter: SlidingWindowLimiter) -> Callable[[], None]:
+        """Wait for this request's share of the budget; returns what gives it back."""
+        if not is_write:
+            limiter.acquire()
+            return limiter.release
+        stopping = self.stop_event.is_set
+        try:
+            self.turns.acquire(self.turn_key, stopping)
+        except Stopped:
+            raise Interrupted("stopped while waiting for a turn to write") from None
+        try:
+            limiter.acquire()
+            try:
+                shared = self.shared_window.acquire(stopping) if self.shared_window else None
+            except BaseException:
+                limiter.release()
+                raise
+        except BaseException:
+            self.turns.release()
+            if isinstance(sys.exc_info()[1], Stopped):
+                raise Interrupted("stopped while waiting for the shared write window") from None
+            raise
+
+        def release() -> None:
+            limiter.release()
+            if shared is not None:
+                assert self.shared_window is not None
+                self.shared_window.release(shared)
+            self.turns.release()
+
+        return release
 
     def request(
         self,
@@ -307,12 +281,12 @@ class PinterestClient:
             except TransientAuthError as exc:
                 self.pause(method, path, attempts, deadline, delays, None, f"token refresh: {exc}")
                 continue
-            limiter.acquire()
+            release = self._take_budget(is_write, limiter)
             if on_send is not None:
                 try:
                     on_send()
                 except BaseException:
-                    limiter.release()  # nothing was sent
+                    release()  # nothing was sent
                     raise
             try:
                 response = self.session.request(
@@ -343,7 +317,7 @@ class PinterestClient:
                 # A refused connection never reached Pinterest; anything later might have.
                 sent = not isinstance(exc, requests.ConnectionError) or _maybe_sent(exc)
             finally:
-                limiter.release()
+                release()
                 with self._counters:
                     self.requests_sent += 1
 

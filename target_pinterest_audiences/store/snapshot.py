@@ -27,6 +27,7 @@ the SQLite files, a session advisory lock in PostgreSQL; both die with the proce
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import logging
 import os
@@ -333,6 +334,33 @@ class SnapshotStore:
 
     # ---- snapshots -------------------------------------------------------------------
 
+    def list_ids(self) -> list[str]:
+        """The ids of every list this store keeps a snapshot of for its ad account."""
+        if self.url:
+            conn = self._pg_connect()
+            try:
+                if not self._pg_ready:
+                    self._pg_ensure_tables(conn)
+                cur = conn.cursor()
+                cur.execute(
+                    f"SELECT list_id FROM {_LISTS} WHERE ad_account_id = %s",
+                    (self.ad_account_id,),
+                )
+                ids = [str(row[0]) for row in cur.fetchall()]
+                conn.commit()
+            finally:
+                conn.close()
+        else:
+            prefix = f"snapshot-{self._sqlite_account()}-"
+            ids = [
+                path.name[len(prefix) : -len(".sqlite")]
+                for path in self.directory.glob(f"{glob.escape(prefix)}*.sqlite")
+            ]
+        return sorted({i for i in ids if re.fullmatch(r"[0-9]{1,18}", i)}, key=int)
+
+    def _sqlite_account(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.@-]+", "_", self.ad_account_id)
+
     def open(
         self,
         list_id: str,
@@ -359,8 +387,7 @@ class SnapshotStore:
             if not self._pg_ready:
                 self._pg_ensure_tables(conn)
         else:
-            account = re.sub(r"[^A-Za-z0-9_.@-]+", "_", self.ad_account_id)
-            path = self.directory / f"snapshot-{account}-{list_id}.sqlite"
+            path = self.directory / f"snapshot-{self._sqlite_account()}-{list_id}.sqlite"
             if readonly and not path.exists():
                 return None
             self._make_directory()
@@ -382,35 +409,10 @@ class SnapshotStore:
                 raise SnapshotError(_unreadable(path, exc)) from None
         return self._snapshot(conn, paramstyle, list_id, list_type, readonly, extra)
 
-    def list_ids(self) -> list[str]:
-        """The ids of the Customer Lists this store keeps a snapshot of, for the ad account."""
-        if self.url:
-            conn = self._pg_connect()
-            try:
-                if not self._pg_ready:
-                    self._pg_ensure_tables(conn)
-                cursor = conn.cursor()
-                cursor.execute(
-                    f"SELECT list_id FROM {_LISTS} WHERE ad_account_id = %s ORDER BY list_id",
-                    (self.ad_account_id,),
-                )
-                found = [str(row[0]) for row in cursor.fetchall()]
-                conn.rollback()
-            finally:
-                conn.close()
-            return found
-        prefix = f"snapshot-{self.account_file_name}-"
-        found = []
-        for path in sorted(self.directory.glob(f"{prefix}*.sqlite")):
-            list_id = path.name[len(prefix) : -len(".sqlite")]
-            if re.fullmatch(r"[0-9]{1,18}", list_id):
-                found.append(list_id)
-        return found
-
     @property
     def account_file_name(self) -> str:
         """The ad account as it appears in the store's file names."""
-        return re.sub(r"[^A-Za-z0-9_.@-]+", "_", self.ad_account_id)
+        return self._sqlite_account()
 
     def connect(self) -> Any:
         """A new DB-API connection to the PostgreSQL store (snapshot_url), its tables made."""

@@ -18,7 +18,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from target_pinterest_audiences.pinterest.client import PinterestClient, WaitClock
+from target_pinterest_audiences.pinterest.client import PinterestClient
+from target_pinterest_audiences.pinterest.limits import WaitClock
 from target_pinterest_audiences.sync.report import Report
 
 
@@ -35,7 +36,10 @@ class Progress:
         phase: Callable[[], str | None],
         logger: logging.Logger,
         clock: Callable[[], float] = time.monotonic,
+        label: str | None = None,
     ) -> None:
+        #: The stream's name, in a run of several streams.
+        self.label = label
         self.interval = interval
         self.report = report
         self.client = client
@@ -88,7 +92,8 @@ class Progress:
         self._last_limit_wait, self._last_input_wait = limit_wait, input_wait
         phase = self.phase()
         return (
-            f"Progress after {_duration(now - self._started)}"
+            f"Progress{f' of stream {self.label!r}' if self.label else ''} after "
+            f"{_duration(now - self._started)}"
             f"{f' ({phase})' if phase else ''}: records read {records:,} "
             f"({rate:,.0f}/s over the last {_duration(span)}), skipped {skipped:,}; "
             f"identifiers confirmed added {report.identifiers_added:,}, removed "

@@ -134,6 +134,11 @@ class Report:
     audience_read: str | None = None
     #: Write answers whose `exceptions` listed errors (warned about once; not in STATE).
     upload_exception_answers: int = 0
+    #: The configured ACTALIKE audiences at the end of the run (sync/actalike.py): each with
+    #: id, name, country, percentage, status, outcome (created, adopted, would_create,
+    #: refused, failed, not_created), and reason / rule_differs when they apply. None: none
+    #: configured (then not in STATE).
+    actalike_audiences: list[dict[str, Any]] | None = None
 
     def note_upload_exceptions(self, entries: int, rid: str | None, logger: logging.Logger) -> None:
         """Warn at the first write answer that lists Customer List errors; count them all."""
@@ -214,6 +219,8 @@ class Report:
             "suppressed_removed": self.suppressed_removed,
             "suppression_set_size": self.suppression_set_size,
         }
+        if self.actalike_audiences is not None:
+            report["actalike_audiences"] = [dict(entry) for entry in self.actalike_audiences]
         if self.sync_mode == "mirror":
             report.update(
                 members_in_source=self.members_in_source,

@@ -1,4 +1,5 @@
-"""`status`: what Pinterest made of the uploads, for one Audience and its Customer List.
+"""`status`: what Pinterest made of the uploads, for one Audience and its Customer List, or for
+every Audience the target keeps for an ad account.
 
 Pinterest matches a list's identifiers to its users some time after each upload (24-48 hours):
 until then an Audience has no `size` and is INITIALIZING. The list's counters
@@ -7,12 +8,14 @@ one already in (or absent from) the list, so they say nothing about matching. Th
 that does is the target's own: the identifiers Pinterest confirmed, kept in the snapshot store
 (snapshot.py). The match rate compares the two (report.py holds the rule).
 
-Reads only: two or three GETs, and the snapshot opened read-only (no lock, no new file).
+Also the ACTALIKE audiences seeded with the Audience (sync/actalike.py makes them).
+
+Reads only: a few GETs, and the snapshot opened read-only (no lock, no new file).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -29,6 +32,11 @@ _AUDIENCE_STATUS_WORDS = {
     "READY": "targetable",
     "INITIALIZING": "not matched yet",
     "TOO_SMALL": f"fewer than {MIN_AUDIENCE_SIZE} matched users: not targetable yet",
+}
+_ACTALIKE_STATUS_WORDS = {
+    "READY": "targetable",
+    "INITIALIZING": "Pinterest is still making it",
+    "TOO_SMALL": "too small to target",
 }
 _LIST_STATUS_WORDS = {
     "PROCESSING": "Pinterest is matching the latest upload",
@@ -50,6 +58,9 @@ class AudienceStatus:
     customer_list: dict[str, Any]
     confirmed_members: int | None
     snapshot_where: str
+    #: The account's ACTALIKE audiences seeded with this Audience: id, name, country,
+    #: percentage, status, size.
+    actalikes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def match_rate(self) -> float | None:
@@ -64,6 +75,7 @@ class AudienceStatus:
             "customer_list": dict(self.customer_list),
             "confirmed_members": self.confirmed_members,
             "match_rate": self.match_rate,
+            "actalike_audiences": [dict(a) for a in self.actalikes],
         }
 
     def table(self) -> str:
@@ -92,6 +104,7 @@ class AudienceStatus:
             f"Audience          {a['id']} {_name(a['name'])}",
             f"  status          {_with_words(a['status'], _AUDIENCE_STATUS_WORDS)}",
             f"  size            {size}",
+            *self._actalike_rows(),
             f"Customer List     {c['id']} {_name(c['name'])}",
             f"  status          {_with_words(c['status'], _LIST_STATUS_WORDS)}",
             f"  uploaded        {_count(c['num_uploaded_user_records'])} user records "
@@ -103,6 +116,20 @@ class AudienceStatus:
             f"Match rate        {rate_text}",
         ]
         return "\n".join(rows)
+
+    def _actalike_rows(self) -> list[str]:
+        if not self.actalikes:
+            return [
+                "  actalikes       none (the setting actalike_audiences has the target keep some)"
+            ]
+        rows = []
+        for a in self.actalikes:
+            size = f"size {a['size']}" if a["size"] is not None else "size unknown until made"
+            rows.append(
+                f"  actalike        {a['id']} {_name(a['name'])}: {a['country']} "
+                f"{a['percentage']}%, {_with_words(a['status'], _ACTALIKE_STATUS_WORDS)}, {size}"
+            )
+        return rows
 
 
 def _name(value: Any) -> str:
@@ -225,7 +252,79 @@ def read_status(
         },
         confirmed_members=confirmed_members(store, list_id),
         snapshot_where=store.where,
+        actalikes=actalikes_of(client, ad_account_id, found_id),
     )
+
+
+def actalikes_of(
+    client: PinterestClient, ad_account_id: str, audience_id: str
+) -> list[dict[str, Any]]:
+    """The account's ACTALIKE audiences whose seed is this Audience (one listing)."""
+    found = []
+    for item in client.paginate(f"/ad_accounts/{ad_account_id}/audiences"):
+        rule = item.get("rule") or {}
+        seeds = rule.get("seed_id")
+        if item.get("audience_type") != "ACTALIKE" or not isinstance(seeds, list):
+            continue
+        if audience_id not in [str(s) for s in seeds]:
+            continue
+        status = item.get("status")
+        found.append(
+            {
+                "id": str(item.get("id")),
+                "name": item.get("name"),
+                "country": rule.get("country"),
+                "percentage": rule.get("percentage"),
+                "status": status if isinstance(status, str) else None,
+                "size": as_size(item.get("size")),
+            }
+        )
+    return found
+
+
+def read_account_status(
+    client: PinterestClient, store: SnapshotStore, ad_account_id: str
+) -> list[AudienceStatus]:
+    """Every CUSTOMER_LIST Audience of the lists this store keeps for the ad account: one
+    listing of the account's Audiences, then each Audience and its list read as above."""
+    kept = set(store.list_ids())
+    if not kept:
+        return []
+    found = [
+        str(item.get("id"))
+        for item in client.paginate(f"/ad_accounts/{ad_account_id}/audiences")
+        if item.get("audience_type") == "CUSTOMER_LIST"
+        and str((item.get("rule") or {}).get("customer_list_id")) in kept
+    ]
+    return [read_status(client, store, ad_account_id, audience_id=each) for each in found]
+
+
+def account_table(statuses: list[AudienceStatus], ad_account_id: str, where: str) -> str:
+    """One row per Audience: a short table for people."""
+    if not statuses:
+        return (
+            f"No Audience of ad account {ad_account_id} is kept by this target (snapshot store "
+            f"{where}): run the target, or check --snapshot-path / --snapshot-url"
+        )
+    header = ("AUDIENCE", "NAME", "STATUS", "SIZE", "LIST", "CONFIRMED", "MATCH RATE")
+    rows = [header]
+    for each in statuses:
+        a, c, rate = each.audience, each.customer_list, each.match_rate
+        rows.append(
+            (
+                a["id"],
+                _name(a["name"]),
+                a["status"] or "-",
+                "-" if a["size"] is None else str(a["size"]),
+                c["id"],
+                "-" if each.confirmed_members is None else str(each.confirmed_members),
+                "-" if rate is None else f"{rate:.1%}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.append(f"({len(statuses)} Audiences; snapshot store {where}; '-': not known yet)")
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def confirmed_members(store: SnapshotStore, list_id: str) -> int | None:

@@ -22,8 +22,8 @@ from target_pinterest_audiences.pinterest.client import (
     Interrupted,
     PinterestClient,
     TargetError,
-    WaitClock,
 )
+from target_pinterest_audiences.pinterest.limits import WaitClock
 from target_pinterest_audiences.pinterest.tokens import AuthError
 from target_pinterest_audiences.store.snapshot import SnapshotStore
 from target_pinterest_audiences.sync.checkpoint import Checkpoints
@@ -75,7 +75,8 @@ class Uploader:
         list_type: str,
         dry_run: bool,
         report: Report,
-        emit_state: Callable[[dict[str, Any]], None],
+        on_checkpoint: Callable[[Any], None],
+        emit_state: Callable[[], None],
         logger: logging.Logger,
         store: SnapshotStore | None = None,
         sync_mode: str = "events",
@@ -86,8 +87,12 @@ class Uploader:
         queue_depth: int = 3,
         progress_seconds: float = 0.0,
         external_id_type: str | None = None,
+        progress_label: str | None = None,
+        on_list: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
+        #: Told the list's id once known: the run checks that no two streams write one list.
+        self.on_list = on_list
         self.dry_run = dry_run
         self.report = report
         self.logger = logger
@@ -118,6 +123,7 @@ class Uploader:
         self.checkpoints = Checkpoints(
             report=report,
             client=client,
+            on_confirmed=on_checkpoint,
             emit_state=emit_state,
             keep_tap_state=sync_mode != "mirror",
         )
@@ -138,6 +144,7 @@ class Uploader:
         self._kind_checked = False
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_depth)
         self._thread: threading.Thread | None = None
+        self._stop_sent = False
         #: Set once the writer thread has ended. Waited on instead of join(): in CPython
         #: before 3.13 a join interrupted by a signal (SIGTERM raises in the main thread)
         #: marks the still-running thread as stopped, and every later join returns at once.
@@ -156,7 +163,12 @@ class Uploader:
             input_waits=self.input_waits,
             phase=self.phase,
             logger=logger,
+            label=progress_label,
         )
+
+    def set_label(self, label: str | None) -> None:
+        """The stream's name in its progress lines (a run of several streams)."""
+        self.progress.label = label
 
     @property
     def distinct_added(self) -> set[str]:
@@ -209,14 +221,15 @@ class Uploader:
         finally:
             self.input_waits.end()
 
-    def finish(self, *, complete: bool = True) -> None:
-        """Wait until every queued batch is written (or the writer failed).
+    def request_finish(self, *, complete: bool = True) -> None:
+        """Tell the writer thread that no batch follows (it ends once all are written).
 
         `complete`: the input was read to its end without error, so a mirror run may
         remove; after a fatal error only what precedes it is written, and nothing removed.
         """
-        if self._thread is None:
+        if self._thread is None or self._stop_sent:
             return
+        self._stop_sent = True
         self._phase = "input read, finishing writes"
         stop = _STOP if complete else _STOP_INCOMPLETE
         if self.error is None and not self.stopping.is_set():
@@ -227,6 +240,12 @@ class Uploader:
                 except queue.Full:
                     if self.error is not None or self._ended.is_set():
                         break
+
+    def finish(self, *, complete: bool = True) -> None:
+        """Wait until every queued batch is written (or the writer failed)."""
+        if self._thread is None:
+            return
+        self.request_finish(complete=complete)
         self._ended.wait()
         self.progress.stop()
 
@@ -341,6 +360,8 @@ class Uploader:
         """From now on the writer writes to this list, and its snapshot follows."""
         if self.writer.list_id == list_id:
             return
+        if self.on_list is not None and list_id != DRY_RUN_NEW_LIST:
+            self.on_list(list_id)
         self.writer.list_id = list_id
         if self.store is None or list_id == DRY_RUN_NEW_LIST:
             return
@@ -501,6 +522,3 @@ class Uploader:
         if snapshot is not None and snapshot.list_id == list_id:
             return snapshot.count()
         return confirmed_members(self.store, list_id) if self.store is not None else None
-
-    def state_line(self) -> dict[str, Any]:
-        return self.checkpoints.state_line()
