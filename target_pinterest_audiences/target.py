@@ -446,7 +446,7 @@ class TargetPinterestAudiences(Target):
         for dataset in datasets:  # every stream finishes its writes at once
             dataset.request_finish(complete=segment_source)
         held = [(dataset, dataset.finish()) for dataset in datasets]
-        suppression_problem = self._finish_suppression(datasets, complete=segment_source)
+        suppression_problem = self._finish_suppression(datasets, complete=True)
         self.finished = True
         self.gate.write()
         self._log_summary()

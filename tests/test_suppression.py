@@ -353,3 +353,41 @@ def test_a_removal_a_list_refused_is_sent_again_by_the_next_run(emulator, base_c
     last = run_target(with_optouts(base_config, SEGMENTS[0]), [OPTOUT_SCHEMA], with_schema=False)
     assert last.returncode == 0, last.stderr
     assert last.final["suppressed_removed"] == 0
+
+
+def test_every_stream_of_a_run_skips_and_loses_the_suppressed(emulator, base_config, run_target):
+    """Many segments in one run: each stream is its own dataset; all honour the set."""
+    config = {
+        **base_config,
+        "audiences": {
+            "vip": {"audience_name": "VIP audience"},
+            "lapsed": {"audience_name": "Lapsed audience"},
+        },
+        "suppression_streams": [OPTOUTS],
+    }
+
+    def stream_schema(name: str) -> dict[str, Any]:
+        return {**SCHEMA, "stream": name}
+
+    def rows(stream: str, segment: str, addresses: list[str], start: int) -> list[dict[str, Any]]:
+        return [{**r, "stream": stream} for r in adds(segment, addresses, start=start)]
+
+    messages = [
+        stream_schema("vip"),
+        stream_schema("lapsed"),
+        OPTOUT_SCHEMA,
+        *rows("vip", "VIP", people([1, 2, 3]), 1),
+        *rows("lapsed", "Lapsed", people([1, 4]), 10),
+        *optouts(people([1, 5])),
+        *rows("lapsed", "Lapsed", people([5, 6]), 20),
+    ]
+    run = run_target(config, messages, with_schema=False)
+    assert run.returncode == 0, run.stderr
+    vip, lapsed = list_id_of(emulator, "VIP"), list_id_of(emulator, "Lapsed")
+    assert members(emulator, vip) == hashed(people([2, 3]))
+    assert members(emulator, lapsed) == hashed(people([4, 6]))
+    reports = run.states[-1]["pinterest_audiences"]
+    assert reports["lapsed"]["records_skipped"] == {"suppressed": 1}
+    assert reports["vip"]["records_skipped"] == {}
+    assert reports["vip"]["suppression_set_size"] == 2
+    assert_names_nobody(run.stdout + run.stderr, people([1, 5]))
