@@ -54,6 +54,7 @@ TOPICS: dict[str, tuple[str, str]] = {
     "external_id_type": (GROUPS[2], "identifiers.md#custom-external-ids"),
     "dry_run": (GROUPS[3], "sync-modes.md#which-list-and-audience-a-run-writes"),
     "sync_mode": (GROUPS[3], "sync-modes.md#events-and-mirror"),
+    "suppression_streams": (GROUPS[3], "opt-outs.md#suppression-streams"),
     "snapshot_path": (GROUPS[3], "sync-modes.md#the-snapshot-what-the-target-confirmed"),
     "snapshot_url": (GROUPS[3], "sync-modes.md#the-snapshot-what-the-target-confirmed"),
     "max_removal_fraction": (

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +109,8 @@ class RunContext:
     skip_invalid: bool
     setting: Callable[[str], Any]
     active: ActiveStreams
+    #: The suppression set's keys (sync/suppression.py): every stream's flow skips an ADD of one.
+    suppressed: Collection[str] = frozenset()
 
 
 class Dataset:
@@ -162,6 +164,7 @@ class Dataset:
             rejected=run.rejected,
             on_segment=self._on_segment,
             active=run.active,
+            suppressed=run.suppressed,
         )
         self.started = False
 
@@ -247,16 +250,18 @@ class Dataset:
         if self.flow.idle:
             self.flow.cut()
 
-    def request_finish(self) -> None:
+    def request_finish(self, *, complete: bool = True) -> None:
         """End of input: the last batch goes to the writer thread, which ends once it is
-        written (every stream's thread finishes at the same time)."""
+        written (every stream's thread finishes at the same time). `complete`: the stream's
+        source was read (a run that read only suppression streams has none: its mirror
+        dataset must not take the missing records for an empty source)."""
         self.flow.cut()
-        self.uploader.request_finish(complete=True)
+        self.uploader.request_finish(complete=complete)
 
     def finish(self) -> str | None:
         """Wait for the end of the writes, then read the Audience; returns the cap's message
         if removals were held back. Raises the writer's error."""
-        self.uploader.finish(complete=True)
+        self.uploader.finish(complete=True)  # as requested (request_finish) if it was
         if self.uploader.error is not None:
             err = self.uploader.error
             if not isinstance(err, TargetError):

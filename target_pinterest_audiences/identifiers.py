@@ -534,3 +534,14 @@ def parse_record(
     if not identifiers:
         raise InvalidRecord("identifiers", "no_identifier", _NO_IDENTIFIER)
     return ParsedRecord(name, segment_id, is_add, tuple(identifiers))
+
+
+def parse_identifiers(
+    record: dict[str, Any], external_id_type: str | None = None
+) -> tuple[tuple[str, str], ...]:
+    """(kind, value sent) of a record that names people without a segment or an action (a
+    suppression stream's, a `forget` file's row): parse_record's rules, hashing and errors
+    for the identifier fields; every other field is ignored."""
+    fields = {field: record.get(field) for field in IDENTIFIER_FIELDS}
+    fields.update(segment_name="-", action="add")
+    return parse_record(fields, None, external_id_type).identifiers

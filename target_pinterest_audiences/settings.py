@@ -192,6 +192,18 @@ SCHEMA: dict[str, Any] = th.PropertiesList(
         ),
     ),
     th.Property(
+        "suppression_streams",
+        th.ArrayType(th.StringType),
+        title="Suppression streams",
+        description=(
+            "Streams whose records are opt-outs (standard identifier fields; no segment_name "
+            "or action): each identifier is suppressed, removed from every Customer List in "
+            "the snapshot store and never added again, in this run and later ones. Kept "
+            "hashed in the snapshot store. In mirror mode such a stream is the whole "
+            "suppression set: absent identifiers are lifted."
+        ),
+    ),
+    th.Property(
         "snapshot_path",
         th.StringType,
         title="Snapshot directory",

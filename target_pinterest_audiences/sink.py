@@ -7,13 +7,16 @@ and hashes each record (identifiers.py), enforces the one-segment rule and the o
 action per identifier in the open batch (the later action wins), and cuts the batch into
 the uploader's queue when it holds `identifiers_per_request` identifiers. Tap STATE is
 attached to the open batch, so it is emitted only after every record before it is written.
+A record that would add a suppressed identifier (the suppression set, docs/opt-outs.md) is
+skipped with the reason `suppressed`. Records of the suppression streams do not enter a flow:
+`SuppressionSink` hands them to the run's SuppressionRun (sync/suppression.py).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from singer_sdk.mapper import RemoveRecordTransform
@@ -27,8 +30,10 @@ from target_pinterest_audiences.identifiers import (
     parse_record,
     salvage_identifiers,
 )
+from target_pinterest_audiences.store.suppression import TEXT_ID_TYPES, suppression_key
 from target_pinterest_audiences.sync.rejected import RejectedRecords
 from target_pinterest_audiences.sync.report import Report
+from target_pinterest_audiences.sync.suppression import SuppressionRun
 from target_pinterest_audiences.sync.uploader import Batch, Uploader
 
 if TYPE_CHECKING:
@@ -53,11 +58,18 @@ class RecordFlow:
         external_id_type: str | None = None,
         rejected: RejectedRecords | None = None,
         on_segment: Callable[[str, str | None], None] | None = None,
+        suppressed: Collection[str] = frozenset(),
         active: ActiveStreams | None = None,
     ) -> None:
         self.uploader = uploader
         #: The run's streams holding records in memory (bounded across streams).
         self.active = active
+        #: The suppression set's keys (store/suppression.py): a record that would ADD one of
+        #: them is skipped (reason `suppressed`). Shared by every stream's flow, so keys a
+        #: suppression stream names during the run take effect at once.
+        self.suppressed = suppressed
+        #: LR_ID and DLX_ID keys are hashes of the value (store/suppression.py).
+        self._text_ids = external_id_type if external_id_type in TEXT_ID_TYPES else None
         #: Told the stream's segment at its first record (the run checks that no two
         #: streams sync one segment, before either writes it).
         self.on_segment = on_segment
@@ -118,6 +130,9 @@ class RecordFlow:
             self.open.segment_name, self.open.segment_id = segment
         elif segment != self.segment:
             self._second_segment(segment)
+        if parsed.is_add and self.suppressed and self._is_suppressed(parsed.identifiers):
+            self._skip_suppressed(stream, record)
+            return
         # Cut before adding, not after: a STATE that follows the record filling a batch
         # then still rides on that batch instead of waiting for the next one.
         if len(self.open.ops) + len(parsed.identifiers) > self.per_request and self.open.ops:
@@ -215,6 +230,38 @@ class RecordFlow:
                 "More invalid records are being skipped; only their counts are reported now"
             )
 
+    def _is_suppressed(self, identifiers: tuple[tuple[str, str], ...]) -> bool:
+        """Whether any identifier of a record is suppressed: the record names one person."""
+        suppressed, text = self.suppressed, self._text_ids
+        for kind, digest in identifiers:
+            key = suppression_key(digest, text) if text and kind == EXTERNAL else digest
+            if key in suppressed:
+                return True
+        return False
+
+    def _skip_suppressed(self, stream: str, record: dict[str, Any]) -> None:
+        """A record that would add a suppressed person: skipped whatever on_invalid_record
+        says (it is valid; the person opted out), counted and logged without an identifier."""
+        skipped = self.report.records_skipped
+        skipped["suppressed"] = skipped.get("suppressed", 0) + 1
+        if self.rejected is not None:
+            self.rejected.add(
+                record_number=self.record_number,
+                stream=stream,
+                key_properties=self.key_properties.get(stream, ()),
+                record=record,
+                field="identifiers",
+                reason="suppressed",
+            )
+        total = sum(skipped.values())
+        if total <= SKIP_LOG_LIMIT:
+            self.logger.info(
+                "Skipping record %d (stream '%s'): an identifier of it is in the suppression "
+                "set (an opt-out), so it is never added",
+                self.record_number,
+                stream,
+            )
+
     def _second_segment(self, segment: tuple[str, str | None]) -> None:
         assert self.segment is not None
         raise TargetError(
@@ -296,6 +343,35 @@ class AudienceSink(BatchSink):
         for record in records:
             self.flow.add(record, self.stream_name)
         self.flow.cut()
+
+
+class SuppressionSink(BatchSink):
+    """A suppression stream (setting suppression_streams): each record's identifiers are
+    suppressed (sync/suppression.py); no segment_name or action is read, and the stream has
+    no dataset of its own."""
+
+    MAX_SIZE_DEFAULT = 1_000_000
+
+    def get_validator(self) -> BaseJSONSchemaValidator | None:
+        """No tap-schema validation (its errors would quote raw values): see AudienceSink."""
+        return None
+
+    def __init__(self, target: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(target, *args, **kwargs)
+        self.suppression: SuppressionRun = target.suppression
+        self.suppression.streams_read.add(self.stream_name)
+
+    def _validate_and_parse(self, record: dict) -> dict:
+        return record
+
+    def process_record(self, record: dict, context: dict) -> None:
+        self.suppression.add(record, self.stream_name)
+
+    def process_batch(self, context: dict) -> None:
+        """A drain keeps what arrived in the suppression set."""
+        for record in context.pop("records", None) or ():
+            self.suppression.add(record, self.stream_name)
+        self.suppression.flush()
 
 
 def _dropped(target: Any, stream: str) -> bool:

@@ -32,7 +32,7 @@ from singer_sdk.singerlib.json import serialize_json
 from singer_sdk.target_base import Target
 
 from target_pinterest_audiences import settings
-from target_pinterest_audiences.datasets import Claims, Dataset, RunContext
+from target_pinterest_audiences.datasets import Claims, Dataset, RunContext, stream_settings
 from target_pinterest_audiences.pinterest.client import PinterestClient, RetryPolicy, TargetError
 from target_pinterest_audiences.pinterest.tokens import (
     AuthError,
@@ -45,13 +45,17 @@ from target_pinterest_audiences.reader import (
     missing_local_file,
 )
 from target_pinterest_audiences.settings import DEFAULT_API_URL, SECRET_SETTINGS
-from target_pinterest_audiences.sink import ActiveStreams, AudienceSink
+from target_pinterest_audiences.sink import ActiveStreams, AudienceSink, SuppressionSink
 from target_pinterest_audiences.store.snapshot import SnapshotStore
 from target_pinterest_audiences.sync.checkpoint import StateGate
 from target_pinterest_audiences.sync.rejected import RejectedRecords
+from target_pinterest_audiences.sync.report import Report
+from target_pinterest_audiences.sync.suppression import SuppressionRun
 
 if t.TYPE_CHECKING:
     from types import FrameType
+
+    from singer_sdk.sinks import Sink
 
 
 class Terminated(BaseException):
@@ -162,6 +166,30 @@ class TargetPinterestAudiences(Target):
                     "rejected_records_path is used only with on_invalid_record=skip (now: "
                     "fail, so an invalid record stops the run, naming it): no file is written"
                 )
+        suppression_streams = self.suppression_streams
+        #: The suppression set and this run's suppression streams (sync/suppression.py); a
+        #: suppression stream is in mirror mode by its `audiences` entry or the run's sync_mode.
+        self.suppression = SuppressionRun(
+            store=self.store,
+            report=Report(
+                ad_account_id=config["ad_account_id"], audience_name=None, dry_run=self.dry_run
+            ),
+            logger=self.logger,
+            ad_account_id=config["ad_account_id"],
+            streams=suppression_streams,
+            dry_run=self.dry_run,
+            mirror=any(
+                stream_settings(config, stream)["sync_mode"] == "mirror"
+                for stream in suppression_streams
+            ),
+            external_id_type=config.get("external_id_type"),
+            skip_invalid=skip_invalid,
+            rejected=self.rejected,
+            identifiers_per_request=int(self._setting("identifiers_per_request")),
+            concurrent_writes=int(self._setting("max_concurrent_writes")),
+            max_removal_fraction=float(self._setting("max_removal_fraction")),
+            allow_large_removal=bool(config.get("allow_large_removal")),
+        )
         audiences = config.get("audiences") or {}
         modes = [config.get("sync_mode") or "events"]
         modes += [(entry or {}).get("sync_mode") or modes[0] for entry in audiences.values()]
@@ -183,6 +211,7 @@ class TargetPinterestAudiences(Target):
             skip_invalid=skip_invalid,
             setting=self._setting,
             active=ActiveStreams(),
+            suppressed=self.suppression.keys,
         )
         #: Each stream's dataset, by the stream's name after stream maps.
         self.datasets: dict[str, Dataset] = {}
@@ -213,6 +242,17 @@ class TargetPinterestAudiences(Target):
             for each in self.datasets.values():
                 each.uploader.set_label(each.stream)
         return dataset
+
+    @property
+    def suppression_streams(self) -> frozenset[str]:
+        """The streams whose records are opt-outs (the setting suppression_streams)."""
+        return frozenset(self.config.get("suppression_streams") or ())
+
+    def get_sink_class(self, stream_name: str) -> type[Sink]:
+        """A suppression stream's records go to the suppression set, not to a dataset."""
+        if stream_name in self.suppression_streams:
+            return SuppressionSink
+        return super().get_sink_class(stream_name)
 
     def _all(self) -> list[Dataset]:
         return [*self.datasets.values(), *([self.unbound] if self.unbound else [])]
@@ -372,6 +412,8 @@ class TargetPinterestAudiences(Target):
     def _process_state_message(self, message_dict: dict) -> None:
         """Never echo tap state at once: it waits until its records are written."""
         self._assert_line_requires(message_dict, requires={"value"})
+        # The suppression streams' records before it are kept before it can be written.
+        self.suppression.flush()
         ticket = self.gate.issue(message_dict["value"], list(self.datasets))
         if ticket is not None:
             for dataset in self.datasets.values():
@@ -397,23 +439,33 @@ class TargetPinterestAudiences(Target):
     def process_endofpipe(self) -> None:
         super().process_endofpipe()
         datasets = self._all()
+        # A run that read only suppression streams has no segment source: a mirror dataset
+        # must not take the missing records for an empty source.
+        segment_source = not self.suppression_streams or any(
+            stream not in self.suppression_streams for stream in self._direct_sinks
+        )
         for dataset in datasets:  # every stream finishes its writes at once
-            dataset.request_finish()
+            dataset.request_finish(complete=segment_source)
         held = [(dataset, dataset.finish()) for dataset in datasets]
+        suppression_problem = self._finish_suppression(datasets, complete=True)
         self.finished = True
         self.gate.write()
         self._log_summary()
         self._close()
         held_back = [(dataset, message) for dataset, message in held if message is not None]
+        also = f" Suppression: {suppression_problem}" if suppression_problem else ""
         if held_back:
             if len(held_back) == 1 and not self.gate.many:
-                raise TargetError(held_back[0][1])
+                raise TargetError(held_back[0][1] + also)
             names = ", ".join(repr(dataset.stream) for dataset, _ in held_back)
             raise TargetError(
                 f"removals were held back for {len(held_back)} stream(s) ({names}); every "
                 "other stream finished. "
                 + " ".join(f"Stream {d.stream!r}: {message}" for d, message in held_back)
+                + also
             )
+        if suppression_problem:
+            raise TargetError(suppression_problem)
         for dataset in datasets:
             r = dataset.report
             if r.segment_name and not r.segment_id and not self.dry_run:
@@ -424,6 +476,39 @@ class TargetPinterestAudiences(Target):
                     r.segment_name,
                 )
 
+    def _finish_suppression(self, datasets: list[Dataset], *, complete: bool) -> str | None:
+        """After every stream's writes: the suppression streams' lifts and removals (an
+        identifier suppressed by a record that came after a stream added it is removed too);
+        the set's counts go into every stream's report."""
+        snapshots = {}
+        for dataset in datasets:
+            snapshot = dataset.uploader.writer.snapshot
+            if snapshot is not None and not snapshot.readonly:
+                snapshots[snapshot.list_id] = snapshot
+        client = self.client.for_stream("") if self.client is not None else None
+        problem = self.suppression.finish(
+            client=client, complete=complete, open_snapshots=snapshots
+        )
+        summary = self.suppression.report
+        for dataset in datasets:
+            dataset.report.suppressed_removed = summary.suppressed_removed
+            dataset.report.suppression_set_size = summary.suppression_set_size
+            if problem:
+                dataset.report.complete = False
+        return problem
+
+    def _keep_suppressed(self) -> None:
+        """A stopping run still keeps the opt-outs it read (their removal waits for the next
+        run with a suppression stream); never fails the stop."""
+        try:
+            self.suppression.flush()
+        except Exception as exc:
+            self.logger.error(
+                "Could not keep the suppression stream's last identifiers in the suppression "
+                "set (%s): send them again",
+                exc if isinstance(exc, TargetError) else type(exc).__name__,
+            )
+
     #: Set once a fatal error stops the run: its summary then gives no advice for a good run.
     failed = False
 
@@ -433,6 +518,7 @@ class TargetPinterestAudiences(Target):
         if self.finished:
             return  # the end of input was handled; the error came after its STATE
         self.finished = True
+        self._keep_suppressed()
         for dataset in self._all():
             dataset.stop(after_error=True)
         self.gate.write()
@@ -442,6 +528,7 @@ class TargetPinterestAudiences(Target):
     def _close(self) -> None:
         for dataset in self._all():
             dataset.close()
+        self.suppression.close()
         if self.rejected is not None:
             self.rejected.close()
 
@@ -476,6 +563,7 @@ class TargetPinterestAudiences(Target):
         if self.finished:
             return  # the end of input was handled and checkpointed already
         self.finished = True
+        self._keep_suppressed()
         for dataset in self._all():
             dataset.stop(after_error=False)
         self.gate.write()
@@ -500,6 +588,24 @@ class TargetPinterestAudiences(Target):
                 sum(r.identifiers_removed for r in reports),
                 sum(r.requests for r in reports),
                 sum(r.retries for r in reports),
+            )
+        s = self.suppression.report
+        if (
+            self.suppression_streams
+            or s.suppression_set_size
+            or any("suppressed" in dataset.report.records_skipped for dataset in datasets)
+        ):
+            self.logger.info(
+                "%s: suppression: set size %d, records of suppression streams %d, newly "
+                "suppressed %d, lifted %d, records skipped as suppressed %d, removals %s %d",
+                prefix,
+                s.suppression_set_size,
+                s.suppression_records,
+                s.suppression_added,
+                s.suppression_lifted,
+                sum(dataset.report.records_skipped.get("suppressed", 0) for dataset in datasets),
+                "that would be sent" if self.dry_run else "confirmed",
+                s.suppressed_removed,
             )
         if self.rejected is not None:
             lines = self.rejected.lines

@@ -160,6 +160,27 @@ def test_sample_csv_incremental(meltano: mh.Meltano, emu: Emulator, sample: Any)
     assert writes == []
     assert set(only_list_and_audience(emu)[0]["members"]) == expected2
 
+    # `:forget` through Meltano: a dry run, then the erasure request itself; the receipt
+    # names no person, and the full refresh below does not add them back.
+    person = next(
+        row
+        for row in changes
+        if row["email"]
+        and not row["mobile_ad_id"]
+        and set(mh.row_hashes(row) or ["-"]) <= expected2
+    )
+    erasure = meltano.project / "erasure.csv"
+    erasure.write_text(f"email,ticket\n{person['email']},REQ-1\n", encoding="utf-8")
+    dry = meltano("invoke", f"{mh.LOADER}:forget", "--input", str(erasure), "--dry-run")
+    assert "Total: 1 lists, 1 identifiers would be sent for removal" in dry.stdout
+    forget = meltano("invoke", f"{mh.LOADER}:forget", "--input", str(erasure), "--format", "json")
+    receipt = json.loads(forget.stdout.strip().splitlines()[-1])
+    assert receipt["complete"] is True and receipt["totals"]["sent_for_removal"] == 1
+    for text in (dry.stdout, dry.stderr, forget.stdout, forget.stderr):
+        assert person["email"].strip().lower() not in text.lower()
+    expected2 -= set(mh.row_hashes(person) or [])
+    assert set(only_list_and_audience(emu)[0]["members"]) == expected2
+
     # Run 4, a full refresh: both exports again, in name order, into the same list; every
     # customer's last row still decides, so the members do not change.
     meltano.run(mh.CSV_TAP, "--full-refresh")

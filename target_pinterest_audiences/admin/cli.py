@@ -1,5 +1,5 @@
 """`target-pinterest-audiences-admin`: the admin command's argument parser and entry point; each
-command lives in its own module (connect.py, check.py, status.py).
+command lives in its own module (connect.py, check.py, status.py, forget.py).
 
 The command was `target-pinterest-audiences-auth` before it did more than authorization;
 that name stays installed as an alias, so scripts and Meltano projects that use it keep working.
@@ -28,6 +28,7 @@ from target_pinterest_audiences.admin.common import (
     _is_pinterest_id,
 )
 from target_pinterest_audiences.admin.connect import run_connect
+from target_pinterest_audiences.admin.forget import run_forget
 from target_pinterest_audiences.admin.status import run_status
 from target_pinterest_audiences.urls import api_url_problem
 
@@ -162,9 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
         "ads:write, and reaches the ad account (not under review, not disapproved). "
         "Exit 0 only when uploads would work.",
     )
+    # status and forget read (forget also writes) the snapshot store.
+    snapshots = argparse.ArgumentParser(add_help=False)
+    snapshots.add_argument(
+        "--snapshot-path",
+        default=_env("SNAPSHOT_PATH"),
+        help=f"directory of the snapshot files, as the target's snapshot_path (env "
+        f"{ENV_PREFIX}SNAPSHOT_PATH; default $XDG_STATE_HOME/target-pinterest-audiences)",
+    )
+    snapshots.add_argument(
+        "--snapshot-url",
+        default=_env("SNAPSHOT_URL"),
+        help=f"PostgreSQL snapshot store, as the target's snapshot_url; prefer env "
+        f"{ENV_PREFIX}SNAPSHOT_URL (it may hold a password)",
+    )
     status = commands.add_parser(
         "status",
-        parents=[common, reading],
+        parents=[common, reading, snapshots],
         help="what Pinterest made of the uploads: audience status and size, list status and "
         "counters, confirmed members, match rate",
         description="Read one CUSTOMER_LIST Audience and its Customer List, count the "
@@ -186,18 +201,51 @@ def build_parser() -> argparse.ArgumentParser:
         f"(env {ENV_PREFIX}AUDIENCE_NAME)",
     )
     status.add_argument(
-        "--snapshot-path",
-        default=_env("SNAPSHOT_PATH"),
-        help=f"directory of the snapshot files, as the target's snapshot_path (env "
-        f"{ENV_PREFIX}SNAPSHOT_PATH; default $XDG_STATE_HOME/target-pinterest-audiences)",
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="table (default): for people; json: one JSON object on stdout",
     )
-    status.add_argument(
-        "--snapshot-url",
-        default=_env("SNAPSHOT_URL"),
-        help=f"PostgreSQL snapshot store, as the target's snapshot_url; prefer env "
-        f"{ENV_PREFIX}SNAPSHOT_URL (it may hold a password)",
+    forget = commands.add_parser(
+        "forget",
+        parents=[common, reading, snapshots],
+        help="an erasure request or opt-out: remove people from every Customer List of the "
+        "ad account and keep them in the suppression set; prints a receipt",
+        description="Read identifiers from --input (CSV with a header row, or JSON lines; the "
+        "standard identifier fields, the target's rules and hashing), remove them from every "
+        "Customer List of the ad account whose type fits, keep them in the suppression set "
+        "(hashed, in the snapshot store) so that no run adds them again, and print a receipt "
+        "that names no person. Exit 0 only when every list confirmed the removal; running it "
+        "again is harmless.",
     )
-    status.add_argument(
+    forget.add_argument(
+        "--input",
+        required=True,
+        metavar="FILE",
+        help="CSV with a header row, or JSON lines; - for standard input",
+    )
+    forget.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the receipt it would produce; write nothing (Pinterest is only read)",
+    )
+    forget.add_argument(
+        "--lift",
+        action="store_true",
+        help="take the identifiers out of the suppression set (opted back in); remove nothing",
+    )
+    forget.add_argument(
+        "--only-synced",
+        action="store_true",
+        help="only the Customer Lists of the snapshot store (the target's own lists)",
+    )
+    forget.add_argument(
+        "--external-id-type",
+        default=_env("EXTERNAL_ID_TYPE"),
+        help="what an external_id column holds (LR_ID, DLX_ID or HASHED_PINNER_ID), as the "
+        f"target's external_id_type (env {ENV_PREFIX}EXTERNAL_ID_TYPE)",
+    )
+    forget.add_argument(
         "--format",
         choices=("table", "json"),
         default="table",
@@ -235,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_check(args, sys.stdout, sys.stderr)
         if args.command == "status":
             return run_status(args, sys.stdout, sys.stderr)
+        if args.command == "forget":
+            return run_forget(args, sys.stdout, sys.stderr)
         return run_connect(args, sys.stdout, sys.stderr)
     finally:
         package_logger.removeHandler(handler)

@@ -11,7 +11,7 @@ from typing import Any
 PROG = "target-pinterest-audiences-admin"
 #: The command's first name, still installed (pyproject.toml) so that existing setups work.
 ALIAS = "target-pinterest-audiences-auth"
-COMMANDS = ("connect", "check", "status")
+COMMANDS = ("connect", "check", "status", "forget")
 PLUGIN = "target-pinterest-audiences"
 ENV_PREFIX = "TARGET_PINTEREST_AUDIENCES_"
 DEFAULT_AUTHORIZE_URL = "https://www.pinterest.com/oauth/"

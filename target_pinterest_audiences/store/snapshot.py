@@ -188,6 +188,8 @@ class SnapshotStore:
         self.url = url or None
         self.directory = Path(directory).expanduser() if directory else default_snapshot_dir()
         self._lock_files: list[int] = []
+        #: Names of the locks this store holds (a second lock() of one is a no-op).
+        self._held: set[str] = set()
         self._pg_lock_conn: Any = None
         self._pg_engine: Any = None
         self._pg_ready = False
@@ -203,6 +205,8 @@ class SnapshotStore:
 
         `what` says in the error which thing is busy (an audience, a Customer List).
         """
+        if name in self._held:
+            return  # this process holds it already (a flock on a second fd would refuse)
         busy = SnapshotBusy(
             f"another run is syncing {what} of ad account {self.ad_account_id} right now (its "
             f"lock is held in the snapshot store {self.where}); two runs on one list at once "
@@ -211,6 +215,7 @@ class SnapshotStore:
         if self.url:
             if not self._pg_try_lock(name):
                 raise busy
+            self._held.add(name)
             return
         if fcntl is None:  # pragma: no cover - Windows
             self.logger.warning("No file locks on this system: parallel runs are not prevented")
@@ -227,6 +232,7 @@ class SnapshotStore:
             os.close(fd)
             raise busy from None
         self._lock_files.append(fd)
+        self._held.add(name)
 
     def _file_stem(self, name: str) -> str:
         """A file name for a lock or a list: readable, safe, and unique per name."""
@@ -424,6 +430,22 @@ class SnapshotStore:
                 raise SnapshotError(_unreadable(path, exc)) from None
         return self._snapshot(conn, paramstyle, list_id, list_type, readonly, extra)
 
+    @property
+    def account_file_name(self) -> str:
+        """The ad account as it appears in the store's file names."""
+        return self._sqlite_account()
+
+    def connect(self) -> Any:
+        """A new DB-API connection to the PostgreSQL store (snapshot_url), its tables made."""
+        conn = self._pg_connect()
+        if not self._pg_ready:
+            self._pg_ensure_tables(conn)
+        return conn
+
+    def make_directory(self) -> None:
+        """Create the directory of a file store (mode 0700) if it is missing."""
+        self._make_directory()
+
     def _snapshot(
         self,
         conn: Any,
@@ -449,6 +471,7 @@ class SnapshotStore:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._lock_files.clear()
+        self._held.clear()
         if self._pg_lock_conn is not None:
             with contextlib.suppress(Exception):
                 self._pg_lock_conn.close()

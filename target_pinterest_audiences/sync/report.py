@@ -110,6 +110,17 @@ class Report:
     removals_held_back_reason: str | None = None
     #: "new" when the list had no snapshot before this run, else "existing".
     snapshot: str | None = None
+    # ---- the suppression set (store/suppression.py, sync/suppression.py) ----
+    #: Identifiers suppressed (opted out) after this run, for the ad account.
+    suppression_set_size: int = 0
+    #: Identifier removals sent, and confirmed, because of the suppression set (summed over
+    #: the Customer Lists; a dry run: the removals it would send).
+    suppressed_removed: int = 0
+    #: Records of the suppression streams, identifiers they newly suppressed, and entries a
+    #: suppression stream in mirror mode lifted (or would lift, when held back).
+    suppression_records: int = 0
+    suppression_added: int = 0
+    suppression_lifted: int = 0
     # ---- what Pinterest made of the uploads: one read of the Audience at the end ----
     audience_status: str | None = None
     audience_size: int | None = None
@@ -205,6 +216,8 @@ class Report:
             "audience_status": self.audience_status,
             "audience_size": self.audience_size,
             "match_rate": self.match_rate,
+            "suppressed_removed": self.suppressed_removed,
+            "suppression_set_size": self.suppression_set_size,
         }
         if self.actalike_audiences is not None:
             report["actalike_audiences"] = [dict(entry) for entry in self.actalike_audiences]
