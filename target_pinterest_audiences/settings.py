@@ -420,7 +420,8 @@ def cross_setting_errors(config: Mapping[str, Any]) -> list[str]:
         name = entry.get("audience_name")
         if isinstance(name, str) and name and not name.strip():
             errors.append(f"setting '{where}audience_name' is blank: give the Audience a name")
-    if not audiences and not config.get("audience_name") and not config.get("audience_id"):
+    named = config.get("audience_name") or config.get("audience_id")
+    if not audiences and not named and not config.get("suppression_streams"):
         errors.append(
             "setting 'audience_name' is required unless 'audience_id' names an existing "
             "Audience (or the `audiences` setting names one per stream)"

@@ -198,6 +198,7 @@ class TargetPinterestAudiences(Target):
             # A mirror stream must read its whole source every run: no bookmark passes on.
             pass_tap_state="mirror" not in modes,
             reports=self._reports,
+            extra=self._suppression_state,
         )
         self.run = RunContext(
             config=config,
@@ -218,7 +219,7 @@ class TargetPinterestAudiences(Target):
         #: Without the `audiences` setting, the run's one Audience is read and locked at
         #: start-up, as before streams were datasets; the first stream takes it.
         self.unbound: Dataset | None = None
-        if not audiences:
+        if not audiences and (config.get("audience_name") or config.get("audience_id")):
             self.unbound = Dataset(self.run, None)
             self.unbound.start()
         if self.dry_run:
@@ -253,6 +254,23 @@ class TargetPinterestAudiences(Target):
         if stream_name in self.suppression_streams:
             return SuppressionSink
         return super().get_sink_class(stream_name)
+
+    def _suppression_state(self) -> dict[str, t.Any]:
+        """`pinterest_suppression` on STATE lines of a run with suppression streams: a run
+        may have no segment stream at all."""
+        if not self.suppression_streams:
+            return {}
+        r = self.suppression.report
+        return {
+            "pinterest_suppression": {
+                "records": r.suppression_records,
+                "newly_suppressed": r.suppression_added,
+                "lifted": r.suppression_lifted,
+                "suppressed_removed": r.suppressed_removed,
+                "suppression_set_size": r.suppression_set_size,
+                "records_skipped": dict(r.records_skipped),
+            }
+        }
 
     def _all(self) -> list[Dataset]:
         return [*self.datasets.values(), *([self.unbound] if self.unbound else [])]

@@ -391,3 +391,25 @@ def test_every_stream_of_a_run_skips_and_loses_the_suppressed(emulator, base_con
     assert reports["vip"]["records_skipped"] == {}
     assert reports["vip"]["suppression_set_size"] == 2
     assert_names_nobody(run.stdout + run.stderr, people([1, 5]))
+
+
+def test_a_run_of_only_a_suppression_stream_needs_no_audience(emulator, base_config, run_target):
+    """An opt-out job (one stream of opt-outs, no segment) names no Audience: it removes the
+    people from every list the store keeps and reports on STATE under pinterest_suppression."""
+    ids = three_audiences(emulator, base_config, run_target)
+    config = {**base_config, "suppression_streams": [OPTOUTS]}
+    del config["audience_name"]
+    run = run_target(config, [OPTOUT_SCHEMA, *optouts(people([1, 2]))], with_schema=False)
+    assert run.returncode == 0, run.stderr
+    for segment in SEGMENTS:
+        assert not members(emulator, ids[segment]) & hashed(people([1, 2])), segment
+    final = run.states[-1]
+    assert final["pinterest_audiences"] == {}
+    assert final["pinterest_suppression"]["suppressed_removed"] == 6
+    assert final["pinterest_suppression"]["suppression_set_size"] == 2
+    assert final["pinterest_suppression"]["records"] == 2
+    assert len(emulator.state()["audiences"]) == 3  # nothing made for the opt-out stream
+    # A segment stream in such a run still needs an Audience: refused at its SCHEMA.
+    refused = run_target(config, [SCHEMA, *adds(SEGMENTS[0], people([7]))], with_schema=False)
+    assert refused.returncode == 1
+    assert "has no Audience" in refused.stderr.strip().splitlines()[-1]

@@ -46,8 +46,11 @@ class StateGate:
         write: Callable[[dict[str, Any]], None],
         pass_tap_state: bool,
         reports: Callable[[], dict[str, dict[str, Any]]],
+        extra: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self._write = write
+        #: Keys of the run beside the streams' reports (the suppression set's figures).
+        self.extra = extra
         self.pass_tap_state = pass_tap_state
         self.reports = reports
         self._lock = threading.RLock()
@@ -88,6 +91,7 @@ class StateGate:
             state = dict(self.confirmed_state or {})
         reports = self.reports()
         state["pinterest_audiences"] = {key: r for key, r in reports.items() if key}
+        state.update(self.extra())
         if len(reports) == 1:
             state["pinterest_audience"] = next(iter(reports.values()))
         return state
