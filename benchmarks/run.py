@@ -705,7 +705,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if rss_ratio is not None:
             print(
-                f"memory  RSS({large:,}) / RSS({small:,}) = {rss_ratio:.3f} (goal <= {MEMORY_GOAL}): "
+                f"memory  RSS({large:,}) / RSS({small:,}) = {rss_ratio:.3f} "
+                f"(goal <= {MEMORY_GOAL}): "
                 f"{memory_verdict(small, large, rss_ratio)}"
             )
         if overlap_ok is not None:
