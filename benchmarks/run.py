@@ -638,6 +638,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{', '.join(f'{x:.3f}' for x in pair)})   goal <= 1.10: "
                 f"{verdict(against_ratio <= 1.10)}"
             )
+            cpu = [
+                (om.user + om.sys) / (am.user + am.sys) for om, am in zip(ours, others, strict=True)
+            ]
+            print(
+                f"       cpu (user+sys) ours / {args.against}: median "
+                f"{_median(cpu):.3f} (per pair: {', '.join(f'{x:.3f}' for x in cpu)}; "
+                "steadier than wall time on a loaded machine)"
+            )
         ratio = None
         if noops:
             noop_wall = _median([m.wall for m in noops])
