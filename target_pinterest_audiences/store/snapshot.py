@@ -69,7 +69,9 @@ _OLD_LOG = "pinterest_audience_snapshot_log"
 #: and under PostgreSQL's TOAST threshold, so unpacking a row never reads overflow pages.
 CHANGE_ROW_KEYS = 32
 #: The numbers 0..CHANGE_ROW_KEYS-1 as a table expression: the positions in a packed row.
-_POSITIONS = "nums (n) AS (VALUES " + ", ".join(f"({i})" for i in range(CHANGE_ROW_KEYS)) + ")"
+ROW_POSITIONS_SQL = (
+    "nums (n) AS (VALUES " + ", ".join(f"({i})" for i in range(CHANGE_ROW_KEYS)) + ")"
+)
 #: The change log merges by the writer thread once it holds this many identifiers (or a
 #: quarter of the members, if more): big merges pass the members B-tree in one ordered sweep.
 MERGE_MIN_KEYS = 250_000
@@ -224,10 +226,10 @@ def unpack_keys(blob: bytes) -> list[bytes]:
 
 
 _HEX_KEY = re.compile(r"(?:[0-9a-f]{2})+")
-#: SQL of a change-log row (with a position n from _POSITIONS): its key at n, and how many
+#: SQL of a change-log row (with a position n from ROW_POSITIONS_SQL): its key at n, and how many
 #: keys it holds (width 0: one key, the whole blob).
-_ROW_KEY = "CASE width WHEN 0 THEN keys ELSE substr(keys, 1 + width * n, width) END"
-_ROW_SIZE = "CASE width WHEN 0 THEN 1 ELSE length(keys) / width END"
+ROW_KEY_SQL = "CASE width WHEN 0 THEN keys ELSE substr(keys, 1 + width * n, width) END"
+ROW_SIZE_SQL = "CASE width WHEN 0 THEN 1 ELSE length(keys) / width END"
 
 
 #: The API whose lists need no qualifier in the store (every other one is named).
@@ -756,7 +758,7 @@ class Snapshot:
     def _logged(self) -> int:
         """Identifiers in the change log of this list."""
         row = self._one(
-            f"SELECT COALESCE(SUM({_ROW_SIZE}), 0) FROM {_CHANGES} WHERE list_key = ?",
+            f"SELECT COALESCE(SUM({ROW_SIZE_SQL}), 0) FROM {_CHANGES} WHERE list_key = ?",
             (self._key,),
         )
         return int(row[0])
@@ -830,27 +832,27 @@ class Snapshot:
         where = f"list_key = {int(self._key)} AND seq <= {int(last)}"
         state = f"CASE state WHEN {MEMBER} THEN 1 WHEN {IN_DOUBT} THEN 0 ELSE -1 END"
         # Each row unpacked by position (CROSS JOIN: the row outside, so it is read once).
-        unpacked = f"FROM {_CHANGES} CROSS JOIN nums WHERE {where} AND n < {_ROW_SIZE}"
+        unpacked = f"FROM {_CHANGES} CROSS JOIN nums WHERE {where} AND n < {ROW_SIZE_SQL}"
         # Rows go in key order (the members B-tree is written page after page, not at
         # random); a GONE identifier becomes -1, deleted below unless a later row revived it.
         if self._sqlite:
             # SQLite applies the rows one by one, in this order: the latest state wins.
-            rows = f"SELECT ?, {_ROW_KEY} AS k, {state} {unpacked} ORDER BY k, seq"
+            rows = f"SELECT ?, {ROW_KEY_SQL} AS k, {state} {unpacked} ORDER BY k, seq"
         else:
             # PostgreSQL takes each key once per statement: its latest row.
             rows = (
                 f"SELECT ?, h, confirmed FROM (SELECT DISTINCT ON (h) h, {state} AS confirmed "
-                f"FROM (SELECT {_ROW_KEY} AS h, seq, state {unpacked}) AS log "
+                f"FROM (SELECT {ROW_KEY_SQL} AS h, seq, state {unpacked}) AS log "
                 "ORDER BY h, seq DESC) AS latest WHERE true"
             )
         self._exec(
-            f"WITH {_POSITIONS} INSERT INTO {_MEMBERS} (list_key, h, confirmed) {rows} "
+            f"WITH {ROW_POSITIONS_SQL} INSERT INTO {_MEMBERS} (list_key, h, confirmed) {rows} "
             "ON CONFLICT (list_key, h) DO UPDATE SET confirmed = excluded.confirmed",
             (self._key,),
         )
         self._exec(
-            f"WITH {_POSITIONS} DELETE FROM {_MEMBERS} WHERE list_key = ? AND confirmed = -1 "
-            f"AND h IN (SELECT {_ROW_KEY} {unpacked} AND state = {GONE})",
+            f"WITH {ROW_POSITIONS_SQL} DELETE FROM {_MEMBERS} WHERE list_key = ? "
+            f"AND confirmed = -1 AND h IN (SELECT {ROW_KEY_SQL} {unpacked} AND state = {GONE})",
             (self._key,),
         )
         self._exec(f"DELETE FROM {_CHANGES} WHERE {where}")
