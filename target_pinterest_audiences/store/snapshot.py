@@ -72,9 +72,11 @@ CHANGE_ROW_KEYS = 32
 ROW_POSITIONS_SQL = (
     "nums (n) AS (VALUES " + ", ".join(f"({i})" for i in range(CHANGE_ROW_KEYS)) + ")"
 )
-#: The change log merges by the writer thread once it holds this many identifiers (or a
-#: quarter of the members, if more): big merges pass the members B-tree in one ordered sweep.
-MERGE_MIN_KEYS = 250_000
+#: The writer thread merges the change log once it holds this many identifiers and at least
+#: as many as the members merged so far: rare merges, each one ordered sweep of the members'
+#: B-tree, and a log that cannot grow without bound in a pipeline of events runs only.
+#: (Merging every 250,000 made a 1M-record events run slower: 11.2 s against 10.5 s.)
+MERGE_MIN_KEYS = 2_000_000
 #: PostgreSQL: lists being created (SQLite stores keep a file per create instead).
 _CREATES = "pinterest_audience_snapshot_creates"
 #: First line of a SQLite store's create file: when its create has landed or never will.
@@ -863,7 +865,7 @@ class Snapshot:
         """The writer thread, between batches: merge the change log once it is big (the
         SQL runs without Python's lock, alongside the main thread reading the input), so
         the end of the run has little left to merge when a count needs merged members."""
-        if self._unmerged < max(MERGE_MIN_KEYS, self._merged_members // 4) or self.readonly:
+        if self._unmerged < max(MERGE_MIN_KEYS, self._merged_members) or self.readonly:
             return
         with self._lock:
             self._compact()
