@@ -3,6 +3,7 @@
     python benchmarks/mirror.py              # 1M members, 2 steady runs; memory at 200k and 2M
     python benchmarks/mirror.py --quick      # 100k members, no 2M run (a smoke run, no verdicts)
     python benchmarks/mirror.py --members 500000 --repeat 3 --skip-memory
+    python benchmarks/mirror.py --lean --members 4000000 --repeat 1 --skip-memory
 
 What it does, on one machine (the emulator as a separate process, as in run.py):
 
@@ -17,9 +18,14 @@ What it does, on one machine (the emulator as a separate process, as in run.py):
 4. Memory: the same seed + steady run at N = 200,000 and 2,000,000: peak RSS of the steady run.
 5. The snapshot's size on disk per member (the SQLite file, its WAL included).
 
-Goals (issue 9): steady run >= 2x faster than the no-op target and exactly 2 writes; peak
-RSS at 1M members < 400 MB; RSS(2M) <= 1.15 x RSS(200k). The exit status is 0 whatever the
-numbers: this is a measurement, not a test.
+Goals (issues 9, 18): steady run >= 2.5x faster than the no-op target at 1M members and 3x
+at 4M or more (issue 9 asked 2x), exactly 2 writes; peak RSS < 300 MB; RSS(2M) <= 1.10 x
+RSS(200k); at most 40 bytes of disk per member. The exit status is 0 whatever the numbers:
+this is a measurement, not a test.
+
+`--lean` (issue 18): the input's SCHEMA holds only `segment_name`, `action` and `email` (no
+key property, no `id` column; rows carry no action, mirror's "member"): the no-op target's
+cost depends on the input's shape, and the ratio must hold on such an input too.
 """
 
 from __future__ import annotations
@@ -70,10 +76,28 @@ SCHEMA = {
 }
 
 
+LEAN_SCHEMA = {
+    "type": "SCHEMA",
+    "stream": STREAM,
+    "schema": {
+        "type": "object",
+        "properties": {
+            "segment_name": {"type": ["string", "null"]},
+            "action": {"type": ["string", "null"]},
+            "email": {"type": ["string", "null"]},
+        },
+    },
+    "key_properties": [],
+}
+#: Set by --lean: inputs without the id column, under LEAN_SCHEMA.
+LEAN = False
+
+
 def mirror_input(n: int, variant: str) -> Path:
     """N member records: variant A = members 0..N-1, B = 1% of them replaced."""
     OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"mirror-{n}-{variant}-seed{SEED}-v{GENERATOR_VERSION}.jsonl"
+    shape = "-lean" if LEAN else ""
+    path = OUT / f"mirror{shape}-{n}-{variant}-seed{SEED}-v{GENERATOR_VERSION}.jsonl"
     if path.exists():
         return path
     shift = n // 100 if variant == "B" else 0
@@ -81,11 +105,13 @@ def mirror_input(n: int, variant: str) -> Path:
     dumps = json.JSONEncoder(separators=(",", ":")).encode
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(dumps(SCHEMA) + "\n")
+        fh.write(dumps(LEAN_SCHEMA if LEAN else SCHEMA) + "\n")
         for i in range(n + n // 100):
             email = _email(rng, i)  # consume the generator identically for A and B
             if shift <= i < n + shift:
                 row = {"id": i, "segment_name": SEGMENT, "email": email}
+                if LEAN:
+                    del row["id"]
                 fh.write(dumps({"type": "RECORD", "stream": STREAM, "record": row}) + "\n")
     tmp.replace(path)
     return path
@@ -166,13 +192,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="N = 100,000, one run, no memory runs")
     p.add_argument("--skip-noop", action="store_true")
     p.add_argument("--skip-memory", action="store_true", help="skip the 200k / 2M runs")
+    p.add_argument("--lean", action="store_true", help="SCHEMA of segment_name, action, email")
     args = p.parse_args(argv)
+    global LEAN
+    LEAN = args.lean
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
     n = args.members or (100_000 if args.quick else 1_000_000)
     repeat = args.repeat or (1 if args.quick else 2)
     print(f"target-pinterest-audiences mirror benchmark  ({time.strftime('%Y-%m-%d %H:%M:%S')})")
-    print(f"  python {sys.version.split()[0]}, {os.cpu_count()} cpus; code: {_code_version()}")
+    print(
+        f"  python {sys.version.split()[0]}, {os.cpu_count()} cpus, load average "
+        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}; code: {_code_version()}"
+    )
+    print(f"  input: {'lean (segment_name, action, email)' if LEAN else 'id, segment_name, email'}")
     a, b = mirror_input(n, "A"), mirror_input(n, "B")
     bench = MirrorBench()
     try:
@@ -185,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             f"added {_report(seed)['identifiers_added']:,}"
         )
         print(
-            f"snapshot on disk {size / 1e6:.1f} MB = {size / n:.1f} bytes per member (goal <= ~100)"
+            f"snapshot on disk {size / 1e6:.1f} MB = {size / n:.1f} bytes per member (goal <= 40)"
         )
 
         print(f"\n== Steady state: 1% replaced since the last run, {repeat} run(s) each ==")
@@ -212,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.skip_noop:
                 noops.append(bench.noop(inputs[i]))
         ours_wall = _median([m.wall for m in ours])
+        speed_goal = 3.0 if n >= 4_000_000 else 2.5
         print(
             f"ours   wall {_fmt_runs([m.wall for m in ours])} -> median {ours_wall:.2f}s "
             f"({n / ours_wall:,.0f} records/s), peak RSS {max(m.maxrss_mb for m in ours):.0f} MB"
@@ -222,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             ratio = noop_wall / ours_wall
             print(f"noop   wall {_fmt_runs([m.wall for m in noops])} -> median {noop_wall:.2f}s")
             print(
-                f"ratio  noop / ours = {ratio:.2f}   goal >= 2: "
-                f"{'MET' if ratio >= 2 else 'NOT MET'}"
+                f"ratio  noop / ours = {ratio:.2f}   goal >= {speed_goal}: "
+                f"{'MET' if ratio >= speed_goal else 'NOT MET'}"
             )
 
         rss = {}
@@ -240,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             print(
                 f"RSS(2,000,000) / RSS(200,000) = {rss[2_000_000] / rss[200_000]:.3f}   goal <= "
-                f"1.15: {'MET' if rss[2_000_000] / rss[200_000] <= 1.15 else 'NOT MET'}"
+                f"1.10: {'MET' if rss[2_000_000] / rss[200_000] <= 1.10 else 'NOT MET'}"
             )
 
         print("\n== Summary ==")
@@ -248,17 +282,23 @@ def main(argv: list[str] | None = None) -> int:
         peak = max(m.maxrss_mb for m in ours)
         print(f"writes  only the difference in every steady run: {'yes' if exact else 'NO'}")
         if ratio is not None:
-            verdict = ("MET" if ratio >= 2 else "NOT MET") if verdicts else "no verdict below 1M"
-            print(f"speed   {ratio:.2f}x the no-op target (goal 2x): {verdict}")
-        verdict = ("MET" if peak < 400 else "NOT MET") if verdicts else "no verdict below 1M"
-        print(f"memory  peak RSS {peak:.0f} MB at {n:,} members (goal < 400 MB): {verdict}")
+            verdict = (
+                ("MET" if ratio >= speed_goal else "NOT MET") if verdicts else "no verdict below 1M"
+            )
+            print(f"speed   {ratio:.2f}x the no-op target (goal {speed_goal}x): {verdict}")
+        verdict = ("MET" if peak < 300 else "NOT MET") if verdicts else "no verdict below 1M"
+        print(f"memory  peak RSS {peak:.0f} MB at {n:,} members (goal < 300 MB): {verdict}")
         if rss:
             r = rss[2_000_000] / rss[200_000]
             print(
-                f"flat    RSS(2M) / RSS(200k) = {r:.3f} (goal <= 1.15): "
-                f"{'MET' if r <= 1.15 else 'NOT MET'}"
+                f"flat    RSS(2M) / RSS(200k) = {r:.3f} (goal <= 1.10): "
+                f"{'MET' if r <= 1.10 else 'NOT MET'}"
             )
-        print(f"disk    {size / n:.1f} bytes per member")
+        print(f"disk    {size / n:.1f} bytes per member (goal <= 40)")
+        print(
+            f"first   seeding run {seed.wall:.2f}s for {n:,} members, "
+            f"peak RSS {seed.maxrss_mb:.0f} MB"
+        )
     finally:
         bench.close()
     return 0

@@ -8,6 +8,7 @@ the input, and a removal cap stops a broken source from emptying a live audience
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -776,6 +777,137 @@ def test_a_store_made_by_the_first_release_gains_new_columns_and_keeps_a_landing
         assert again.must_wait_before("ADD", [digest]) == 0  # the same action: no wait
         again.close()
         later.close()
+
+
+#: The tables as releases before issue 18 made them: a log row per identifier, a journal
+#: row's identifiers as comma-joined hex text.
+_PRE_18_TABLES = (
+    "CREATE TABLE pinterest_audience_snapshot_lists (list_key {serial} PRIMARY KEY, "
+    "ad_account_id TEXT NOT NULL, list_id TEXT NOT NULL, list_type TEXT, created_at TEXT NOT "
+    "NULL, list_created_time TEXT, UNIQUE (ad_account_id, list_id))",
+    "CREATE TABLE pinterest_audience_snapshot_members (list_key {int} NOT NULL, h {blob} NOT "
+    "NULL, confirmed {int} NOT NULL, PRIMARY KEY (list_key, h))",
+    "CREATE TABLE pinterest_audience_snapshot_journal (entry {serial} PRIMARY KEY, list_key "
+    "{int} NOT NULL, op TEXT NOT NULL, records TEXT NOT NULL, settle_until {real})",
+    "CREATE TABLE pinterest_audience_snapshot_log (seq {serial} PRIMARY KEY, list_key {int} "
+    "NOT NULL, h {blob} NOT NULL, state {int} NOT NULL)",
+)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_store_of_the_release_before_packed_keys_is_migrated(backend, tmp_path, request):
+    """A store written before identifiers were packed: its per-identifier log is merged
+    into the members (latest state wins) and its text journal rows are taken as in doubt."""
+    from target_pinterest_audiences.store.snapshot import SnapshotStore
+
+    url = request.getfixturevalue("snapshot_database")[0] if backend == "postgres" else None
+    member, gone, doubtful, dead_write = "a" * 64, "b" * 64, "c" * 64, ["d" * 64, "e" * 64]
+    account = SnapshotStore(
+        ad_account_id="549755885175",
+        logger=logging.getLogger("test"),
+        api_url="http://127.0.0.1:1/v5",
+    ).ad_account_id
+    log_rows = [(member, 1), (gone, 1), (gone, 0), (doubtful, 1), (doubtful, 2)]
+    types = {"serial": "INTEGER", "int": "INTEGER", "blob": "BLOB", "real": "REAL"}
+    if url:
+        import psycopg
+
+        types = {"serial": "BIGSERIAL", "int": "BIGINT", "blob": "BYTEA", "real": "FLOAT8"}
+        conn: Any = psycopg.connect(url)
+    else:
+        directory = tmp_path / "snapshots"
+        directory.mkdir()
+        safe = re.sub(r"[^A-Za-z0-9_.@-]+", "_", account)
+        conn = sqlite3.connect(directory / f"snapshot-{safe}-77.sqlite")
+
+    def sql(statement: str) -> str:
+        return statement.replace("?", "%s") if url else statement
+
+    with conn:
+        for statement in _PRE_18_TABLES:
+            conn.execute(statement.format(**types))
+        conn.execute(
+            sql(
+                "INSERT INTO pinterest_audience_snapshot_lists (list_key, ad_account_id, "
+                "list_id, list_type, created_at) VALUES (1, ?, '77', 'EMAIL', '2026-12-01')"
+            ),
+            (account,),
+        )
+        for digest, state_ in log_rows:
+            conn.execute(
+                sql(
+                    "INSERT INTO pinterest_audience_snapshot_log (list_key, h, state) "
+                    "VALUES (1, ?, ?)"
+                ),
+                (bytes.fromhex(digest), state_),
+            )
+        conn.execute(
+            sql(
+                "INSERT INTO pinterest_audience_snapshot_journal (list_key, op, records, "
+                "settle_until) VALUES (1, 'ADD', ?, 0)"
+            ),
+            (",".join(dead_write),),
+        )
+    conn.close()
+
+    store = snapshot_store(tmp_path, url)
+    snapshot = store.open("77")
+    assert snapshot is not None and snapshot.existed
+    assert snapshot.in_doubt_recovered == 2
+    assert snapshot.count() == 1
+    members = {key.hex(): confirmed for page in snapshot.pages() for key, confirmed in page}
+    assert members == {member: True, doubtful: False, **dict.fromkeys(dead_write, False)}
+    snapshot.close()
+    store.close()
+    if url:
+        import psycopg
+
+        with psycopg.connect(url) as check:
+            left = check.execute("SELECT COUNT(*) FROM pinterest_audience_snapshot_log")
+            assert left.fetchone() == (0,)
+    else:
+        safe = re.sub(r"[^A-Za-z0-9_.@-]+", "_", account)
+        with sqlite3.connect(tmp_path / "snapshots" / f"snapshot-{safe}-77.sqlite") as check:
+            tables = {row[0] for row in check.execute("SELECT name FROM sqlite_master")}
+        assert "pinterest_audience_snapshot_log" not in tables
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_packed_keys_of_every_width_and_external_ids_survive_journal_log_and_merge(
+    backend, tmp_path, request
+):
+    """Digests of three widths (HASHED_PINNER_ID takes SHA-256, SHA-1 and MD5) and text
+    ids (LR_ID) go through the packed journal, the packed change log and the merge."""
+    url = request.getfixturevalue("snapshot_database")[0] if backend == "postgres" else None
+    digests = ["1" * 64, "2" * 40, "3" * 32, "4" * 64, "5" * 40] + [f"{i:064x}" for i in range(70)]
+    external = ["LR-1", "xyz_2", "LR-" + "9" * 200, "ünïcode-id"]
+    for list_id, list_type, keys in (
+        ("81", "HASHED_PINNER_ID", digests),
+        ("82", "LR_ID", external),
+    ):
+        store = snapshot_store(tmp_path, url)
+        snapshot = store.open(list_id, list_type=list_type)
+        assert snapshot is not None
+        snapshot.journal("ADD", keys, time.time() + 60)  # then the run is killed
+        entry = snapshot.journal("ADD", keys[:3], 0.0)
+        snapshot.confirm(entry, "ADD", keys[:3], [])
+        snapshot.close()
+        store.close()
+        store = snapshot_store(tmp_path, url)
+        again = store.open(list_id)
+        assert again is not None
+        assert again.in_doubt_recovered == len(keys)
+        assert again.must_wait_before("REMOVE", [keys[-1]]) > 50
+        entry = again.journal("REMOVE", keys[1:2], 0.0)
+        again.confirm(entry, "REMOVE", keys[1:2], [])
+        decode = again.codec.decode
+        members = {decode(key): ok for page in again.pages() for key, ok in page}
+        expected = dict.fromkeys(keys, False)
+        del expected[keys[1]]
+        assert members == expected  # in doubt: the dead run's write may have undone them
+        assert again.count() == 0
+        again.close()
+        store.close()
 
 
 def test_a_postgres_role_that_does_not_own_the_tables_can_use_them(snapshot_database, tmp_path):

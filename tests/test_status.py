@@ -172,6 +172,39 @@ def test_status_before_and_after_matching_in_both_formats(emulator, base_config,
     assert ACCESS_TOKEN not in table.stdout + table.stderr
 
 
+def test_an_events_run_leaves_its_changes_unmerged_until_a_count_needs_them(
+    emulator, base_config, run_target, admin
+):
+    """While Pinterest still matches the upload no match rate can be computed, so the run
+    does not count (nor merge) its snapshot; `status` merges and counts exactly."""
+    import sqlite3
+
+    emulator.configure(match_delay_seconds=NEVER)
+    first = run_target(base_config, adds(300))
+    assert first.returncode == 0, first.stderr
+    second = run_target(base_config, adds(100, start=250))
+    assert second.returncode == 0, second.stderr
+    assert second.final["match_rate"] is None
+    assert "no snapshot" not in second.stderr and "holds no confirmed" not in second.stderr
+    (path,) = Path(os.environ["XDG_STATE_HOME"]).rglob("snapshot-*.sqlite")
+
+    def tables() -> tuple[int, int]:
+        with sqlite3.connect(path) as conn:
+            (changes,) = conn.execute(
+                "SELECT COUNT(*) FROM pinterest_audience_snapshot_changes"
+            ).fetchone()
+            (members,) = conn.execute(
+                "SELECT COUNT(*) FROM pinterest_audience_snapshot_members"
+            ).fetchone()
+        return changes, members
+
+    assert tables()[1] == 0 and tables()[0] > 0  # logged, never merged by events runs
+    which = ("--ad-account-id", AD_ACCOUNT, "--audience-name", "VIP audience")
+    answer = as_json(admin(*which, "--format", "json"))
+    assert answer["confirmed_members"] == 350
+    assert tables() == (0, 350)
+
+
 def test_report_after_a_run_on_a_matched_audience(emulator, base_config, run_target, admin):
     """The report divides by the writer's snapshot, which counts this run's writes."""
     emulator.configure(match_fraction=0.6)

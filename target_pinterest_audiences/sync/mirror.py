@@ -27,7 +27,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from target_pinterest_audiences.store.snapshot import PAGE_SIZE, KeyCodec, Snapshot
+from target_pinterest_audiences.store.snapshot import (
+    PAGE_SIZE,
+    ROW_KEY_SQL,
+    ROW_POSITIONS_SQL,
+    ROW_SIZE_SQL,
+    KeyCodec,
+    Snapshot,
+)
 from target_pinterest_audiences.sync.report import Report
 from target_pinterest_audiences.sync.writer import Writer
 
@@ -67,38 +74,56 @@ class RunSet:
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-4000"):
             self._conn.execute(f"PRAGMA {pragma}")
         # Appending costs the same whatever the size; a keyed table would pay a random
-        # B-tree write per identifier. Sorting happens once, at the end.
-        self._conn.execute("CREATE TABLE seen (h BLOB NOT NULL, want INTEGER NOT NULL)")
+        # B-tree write per identifier. Sorting happens once, at the end. A batch's keys are
+        # packed, CHANGE_ROW_KEYS of one width per row (as in the snapshot's change log),
+        # one row per want: a batch names each identifier once.
+        self._conn.execute(
+            "CREATE TABLE seen (want INTEGER NOT NULL, width INTEGER NOT NULL, keys BLOB NOT NULL)"
+        )
         self._conn.execute("CREATE TABLE adds (h BLOB NOT NULL)")
         self._conn.execute("CREATE TABLE removals (h BLOB NOT NULL)")
         #: Every identifier an ADD of this run confirmed (once or more): counted at the end.
-        self._conn.execute("CREATE TABLE added (h BLOB NOT NULL)")
+        self._conn.execute("CREATE TABLE added (width INTEGER NOT NULL, keys BLOB NOT NULL)")
         self._lock = threading.Lock()  # the writer's request threads record what they added
 
-    def put(self, ops: Iterable[tuple[bytes, bool]], keeps: Iterable[bytes]) -> None:
-        """Record one batch (keys encoded with `codec`), in input order."""
+    def put(self, adds: list[str], removes: list[str], keeps: list[str]) -> None:
+        """Record one batch of identifiers (as sent: hex digests or external ids), in input
+        order: what it adds, removes and keeps (each identifier in one of the three)."""
+        rows = [
+            (want, width, blob)
+            for want, keys in ((WANT_MEMBER, adds), (WANT_ABSENT, removes), (WANT_KEEP, keeps))
+            if keys
+            for width, blob in self.codec.change_rows(keys)
+        ]
         with self._lock:
             self._conn.execute("BEGIN")
-            self._conn.executemany("INSERT INTO seen VALUES (?, ?)", ops)
-            self._conn.executemany("INSERT INTO seen VALUES (?, 2)", ((key,) for key in keeps))
+            self._conn.executemany("INSERT INTO seen VALUES (?, ?, ?)", rows)
             self._conn.execute("COMMIT")
 
-    def record_added(self, keys: list[bytes]) -> None:
+    def record_added(self, keys: list[str]) -> None:
+        rows = self.codec.change_rows(keys)
         with self._lock:
             self._conn.execute("BEGIN")
-            self._conn.executemany("INSERT INTO added VALUES (?)", ((key,) for key in keys))
+            self._conn.executemany("INSERT INTO added VALUES (?, ?)", rows)
             self._conn.execute("COMMIT")
 
     def distinct_added(self) -> int:
         """How many distinct identifiers this run added (a member named in far-apart
         batches of a first run may have been sent twice: ADD is idempotent)."""
         with self._lock:
-            return int(self._conn.execute("SELECT COUNT(DISTINCT h) FROM added").fetchone()[0])
+            row = self._conn.execute(
+                f"WITH {ROW_POSITIONS_SQL} SELECT COUNT(DISTINCT {ROW_KEY_SQL}) FROM added "
+                f"CROSS JOIN nums WHERE n < {ROW_SIZE_SQL}"
+            ).fetchone()
+            return int(row[0])
 
     def _wanted(self) -> Iterator[tuple[bytes, int]]:
         """Each identifier once, in key order, with what the source finally wants for it:
         the latest valid record's action, or "keep" when only skipped records named it."""
-        cursor = self._conn.execute("SELECT h, want FROM seen ORDER BY h, rowid")
+        cursor = self._conn.execute(
+            f"WITH {ROW_POSITIONS_SQL} SELECT {ROW_KEY_SQL} AS h, want FROM seen CROSS JOIN "
+            f"nums WHERE n < {ROW_SIZE_SQL} ORDER BY h, seen.rowid"
+        )
         key: bytes | None = None
         want = WANT_KEEP
         while True:
@@ -180,6 +205,19 @@ class RunSet:
 
     def _count(self, table: str) -> int:
         return int(self._conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    def seen_keys(self) -> Iterator[list[str]]:
+        """Every identifier recorded, a row at a time (the early keeps)."""
+        decode = self.codec.decode
+        rows = self._conn.execute(
+            f"WITH {ROW_POSITIONS_SQL} SELECT {ROW_KEY_SQL} FROM seen CROSS JOIN nums "
+            f"WHERE n < {ROW_SIZE_SQL} ORDER BY seen.rowid"
+        )
+        while True:
+            chunk = rows.fetchmany(PAGE_SIZE)
+            if not chunk:
+                return
+            yield [decode(row[0]) for row in chunk]
 
     def planned(self, table: str, size: int) -> Iterator[list[str]]:
         """The planned adds or removals, `size` at a time."""
@@ -272,9 +310,8 @@ class MirrorSync:
             self.streaming = snapshot is None or snapshot.members_at_open == 0
             if self._early_keeps is not None:
                 early, self._early_keeps = self._early_keeps, None
-                for chunk in early.planned("seen", PAGE_SIZE):
-                    keeps = [codec.encode(key) for key in chunk if codec.accepts(key)]
-                    self.runset.put((), keeps)
+                for chunk in early.seen_keys():
+                    self.runset.put([], [], [key for key in chunk if codec.accepts(key)])
                 early.close()
         return self.runset
 
@@ -297,14 +334,14 @@ class MirrorSync:
             if keeps:
                 if self._early_keeps is None:
                     self._early_keeps = RunSet(KeyCodec(TEXT_KEY_TYPE))
-                self._early_keeps.put((), [key.encode() for key in keeps])
+                self._early_keeps.put([], [], keeps)
             return
         if keeps and not runset.codec.text:
             # A skipped record's external id cannot be a member of a list of digests.
             keeps = [key for key in keeps if runset.codec.accepts(key)]
-        encode = runset.codec.encode
-        keys = [encode(digest) for digest in ops]
-        runset.put(zip(keys, ops.values(), strict=True), [encode(d) for d in keeps])
+        members = [digest for digest, is_add in ops.items() if is_add]
+        absent = [digest for digest, is_add in ops.items() if not is_add]
+        runset.put(members, absent, keeps)
         if not self.streaming or self.dry_run:
             return
         adds, in_flight = writer.adds, writer.in_flight_ids
@@ -320,8 +357,7 @@ class MirrorSync:
     def confirmed(self, operation: str, digests: list[str]) -> None:
         """The writer's hook: Pinterest confirmed these (from a request thread)."""
         if operation == "ADD" and self.runset is not None:
-            encode = self.runset.codec.encode
-            self.runset.record_added([encode(digest) for digest in digests])
+            self.runset.record_added(digests)
 
     def finish(self) -> None:
         """The whole input was read: add what is still missing, then remove the rest."""

@@ -34,13 +34,24 @@ def match_rate(
     return size / confirmed_members
 
 
+def match_rate_needs_count(size: int | None, list_status: str | None) -> bool:
+    """Whether a count of the confirmed members could give a match rate: the size is known
+    and counts the latest upload. Otherwise the count (which merges the snapshot's change
+    log, seconds for millions of changes) is not made."""
+    return size is not None and list_status not in MATCHING_LIST_STATUSES | {LIST_STATUS_UNREAD}
+
+
 def match_rate_unknown_reasons(
     audience_status: str | None,
     size: int | None,
     confirmed_members: int | None,
     list_status: str | None = None,
+    *,
+    counted: bool = True,
 ) -> list[str]:
-    """Why the match rate cannot be computed, in words a marketer can act on (empty: known)."""
+    """Why the match rate cannot be computed, in words a marketer can act on (empty: known).
+    `counted`: False when the confirmed members were not counted (see match_rate_needs_count):
+    then nothing is said about them."""
     reasons = []
     if size is None:
         if audience_status in (None, "INITIALIZING"):
@@ -60,7 +71,9 @@ def match_rate_unknown_reasons(
             f"Pinterest is still matching the latest upload (Customer List status {list_status}): "
             "the size does not count it yet; read `status` again in 24-48 hours"
         )
-    if confirmed_members is None:
+    if not counted:
+        pass
+    elif confirmed_members is None:
         reasons.append(
             "no snapshot for this list (the target keeps one from its first real run on a list; "
             "check snapshot_path or snapshot_url)"
@@ -127,6 +140,8 @@ class Report:
     match_rate: float | None = None
     #: The confirmed members the match rate divides by (said in the summary, not in STATE).
     confirmed_members: int | None = None
+    #: Whether confirmed_members was counted at the end of the run (see record_audience).
+    confirmed_counted: bool = True
     #: The Customer List's status at the end (PROCESSING: the size predates the latest
     #: upload); said in the summary, not in STATE.
     list_status: str | None = None
@@ -162,9 +177,13 @@ class Report:
         size: int | None,
         confirmed_members: int | None,
         list_status: str | None = None,
+        *,
+        counted: bool = True,
     ) -> None:
-        """Keep what the end-of-run reads of the Audience (and its list) said."""
+        """Keep what the end-of-run reads of the Audience (and its list) said; `counted`:
+        False when the confirmed members were not counted (no match rate could come of it)."""
         self.audience_read = "read"
+        self.confirmed_counted = counted
         self.audience_status = status
         self.audience_size = size
         self.confirmed_members = confirmed_members
@@ -185,7 +204,11 @@ class Report:
             )
         else:
             reasons = match_rate_unknown_reasons(
-                self.audience_status, self.audience_size, self.confirmed_members, self.list_status
+                self.audience_status,
+                self.audience_size,
+                self.confirmed_members,
+                self.list_status,
+                counted=self.confirmed_counted,
             )
             rate = "unknown: " + "; ".join(reasons)
         return (

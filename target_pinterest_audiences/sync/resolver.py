@@ -24,7 +24,12 @@ from target_pinterest_audiences.pinterest.client import (
     upload_exceptions,
 )
 from target_pinterest_audiences.store.snapshot import MAX_SETTLE_WAIT_SECONDS
-from target_pinterest_audiences.sync.report import LIST_STATUS_UNREAD, Report, as_size
+from target_pinterest_audiences.sync.report import (
+    LIST_STATUS_UNREAD,
+    Report,
+    as_size,
+    match_rate_needs_count,
+)
 
 #: A Pinterest id as the API documents it (`^\d+$`): anything else never reaches a URL or a
 #: file name (a path such as "../x" in an answer would otherwise change the request or file).
@@ -253,7 +258,8 @@ class Resolver:
     def read_audience_status(self, confirmed_members: Callable[[str], int | None]) -> None:
         """End of a real run: one read of the Audience for the report's status, size and
         match rate, and one of its list, whose status says whether the size already counts
-        the latest upload. `confirmed_members(list_id)` counts the snapshot (None: none).
+        the latest upload. `confirmed_members(list_id)` counts the snapshot (None: none),
+        only when the size is known and counts the latest upload.
 
         Raises what the reads raise: the caller only warns, a finished run stays finished.
         """
@@ -282,11 +288,15 @@ class Resolver:
                 found = customer_list.get("status")
                 list_status = found if isinstance(found, str) else None
         status = audience.get("status")
+        size = as_size(audience.get("size"))
+        # Counting merges the snapshot's change log: only when a match rate can come of it.
+        counted = not list_id or match_rate_needs_count(size, list_status)
         self.report.record_audience(
             status if isinstance(status, str) else None,
-            as_size(audience.get("size")),
-            confirmed_members(str(list_id)) if list_id else None,
+            size,
+            confirmed_members(str(list_id)) if list_id and counted else None,
             list_status,
+            counted=counted,
         )
 
     def _get_list(self, list_id: str) -> dict[str, Any]:

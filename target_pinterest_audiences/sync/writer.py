@@ -136,6 +136,8 @@ class Writer:
                 if len(self.distinct_added) >= MIN_AUDIENCE_SIZE:
                     break
                 self.distinct_added.add(digest)
+        if self.snapshot is not None:
+            self.snapshot.merge_if_due()  # the SQL runs while the main thread reads on
 
     # ---- requests --------------------------------------------------------------------
 
