@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
 from datetime import datetime, timezone
 from typing import Any
+
+from target_pinterest_audiences.pinterest.client import PinterestClient, RetryPolicy
+from target_pinterest_audiences.pinterest.tokens import (
+    AuthError,
+    TokenManager,
+    TokenStore,
+    default_token_cache_path,
+)
 
 PROG = "target-pinterest-audiences-admin"
 #: The command's first name, still installed (pyproject.toml) so that existing setups work.
@@ -54,3 +63,34 @@ def _when(timestamp: Any) -> str:
 def _is_pinterest_id(text: str | None) -> bool:
     """Pinterest's id pattern (`^\\d+$`, at most 18 long); ASCII digits only, unlike isdigit()."""
     return bool(text) and re.fullmatch(r"[0-9]{1,18}", str(text)) is not None
+
+
+def reading_client(args: argparse.Namespace, account: str) -> PinterestClient | str:
+    """The client of a reading command (status, forget) with the stored or given tokens, or
+    why there is none (a message for the user)."""
+    store_path = args.token_cache_path or default_token_cache_path(account)
+    try:
+        tokens = TokenManager(
+            api_url=args.api_url,
+            client_id=args.client_id,
+            client_secret=args.client_secret,
+            access_token=args.access_token,
+            refresh_token=args.refresh_token,
+            store=TokenStore(store_path),
+            logger=logger,
+            timeout=30.0,
+        )
+    except AuthError as exc:
+        return str(exc)
+    if not tokens.has_credentials:
+        return (
+            f"not connected: no token file at {store_path} and no usable access or refresh "
+            f"token; connect with `{PROG} connect --ad-account-id {account}`"
+        )
+    return PinterestClient(
+        api_url=args.api_url,
+        tokens=tokens,
+        logger=logger,
+        retry=RetryPolicy(budget_seconds=args.retry_seconds),
+        timeout=30.0,
+    )

@@ -23,7 +23,12 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from target_pinterest_audiences.admin.check import explain_refusal
-from target_pinterest_audiences.admin.common import ENV_PREFIX, PROG, _is_pinterest_id
+from target_pinterest_audiences.admin.common import (
+    ENV_PREFIX,
+    PROG,
+    _is_pinterest_id,
+    reading_client,
+)
 from target_pinterest_audiences.identifiers import (
     EXTERNAL_ID_TYPES,
     IDENTIFIER_FIELDS,
@@ -33,14 +38,10 @@ from target_pinterest_audiences.identifiers import (
 from target_pinterest_audiences.pinterest.client import (
     PinterestAPIError,
     PinterestClient,
-    RetryPolicy,
     TargetError,
 )
 from target_pinterest_audiences.pinterest.tokens import (
     AuthError,
-    TokenManager,
-    TokenStore,
-    default_token_cache_path,
 )
 from target_pinterest_audiences.store.snapshot import SnapshotStore
 from target_pinterest_audiences.store.suppression import (
@@ -173,7 +174,7 @@ def run_forget(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.lift:
             receipt.lifted = _lift(store, found, dry_run=args.dry_run, receipt=receipt)
         else:
-            client = _client(args, account)
+            client = reading_client(args, account)
             if isinstance(client, str):
                 return fail(client)
             _forget(client, store, account, found, args, receipt)
@@ -185,36 +186,6 @@ def run_forget(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         store.close()
     receipt.print(out)
     return 0 if receipt.complete else 1
-
-
-def _client(args: argparse.Namespace, account: str) -> PinterestClient | str:
-    """The client with the stored or given tokens, or why there is none."""
-    store_path = args.token_cache_path or default_token_cache_path(account)
-    try:
-        tokens = TokenManager(
-            api_url=args.api_url,
-            client_id=args.client_id,
-            client_secret=args.client_secret,
-            access_token=args.access_token,
-            refresh_token=args.refresh_token,
-            store=TokenStore(store_path),
-            logger=logger,
-            timeout=30.0,
-        )
-    except AuthError as exc:
-        return str(exc)
-    if not tokens.has_credentials:
-        return (
-            f"not connected: no token file at {store_path} and no usable access or refresh "
-            f"token; connect with `{PROG} connect --ad-account-id {account}`"
-        )
-    return PinterestClient(
-        api_url=args.api_url,
-        tokens=tokens,
-        logger=logger,
-        retry=RetryPolicy(budget_seconds=args.retry_seconds),
-        timeout=30.0,
-    )
 
 
 def _lift(store: SnapshotStore, found: Identifiers, *, dry_run: bool, receipt: Receipt) -> int:

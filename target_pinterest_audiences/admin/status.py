@@ -16,18 +16,14 @@ from target_pinterest_audiences.admin.common import (
     PROG,
     _env,
     _is_pinterest_id,
+    reading_client,
 )
 from target_pinterest_audiences.pinterest.client import (
     PinterestAPIError,
-    PinterestClient,
-    RetryPolicy,
     TargetError,
 )
 from target_pinterest_audiences.pinterest.tokens import (
     AuthError,
-    TokenManager,
-    TokenStore,
-    default_token_cache_path,
 )
 from target_pinterest_audiences.store.snapshot import SnapshotStore
 from target_pinterest_audiences.sync.status import (
@@ -72,33 +68,9 @@ def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     audience_id, audience_name = _which_audience(args)
     if audience_id and not _is_pinterest_id(audience_id):
         return fail(f"the audience id must be 1 to 18 digits (0-9), got {audience_id!r}", 2)
-    store_path = args.token_cache_path or default_token_cache_path(account)
-    try:
-        tokens = TokenManager(
-            api_url=args.api_url,
-            client_id=args.client_id,
-            client_secret=args.client_secret,
-            access_token=args.access_token,
-            refresh_token=args.refresh_token,
-            store=TokenStore(store_path),
-            logger=logger,
-            timeout=30.0,
-        )
-    except AuthError as exc:
-        return fail(str(exc))
-    if not tokens.has_credentials:
-        return fail(
-            f"not connected: no token file at {tokens.store.path if tokens.store else store_path} "
-            "and no usable access or refresh token; connect with "
-            f"`{PROG} connect --ad-account-id {account}`"
-        )
-    client = PinterestClient(
-        api_url=args.api_url,
-        tokens=tokens,
-        logger=logger,
-        retry=RetryPolicy(budget_seconds=args.retry_seconds),
-        timeout=30.0,
-    )
+    client = reading_client(args, account)
+    if isinstance(client, str):
+        return fail(client)
     store = SnapshotStore(
         ad_account_id=account,
         logger=logger,
