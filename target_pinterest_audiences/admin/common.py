@@ -6,8 +6,9 @@ import argparse
 import logging
 import os
 import re
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TextIO
 
 from target_pinterest_audiences.pinterest.client import PinterestClient, RetryPolicy
 from target_pinterest_audiences.pinterest.tokens import (
@@ -63,6 +64,18 @@ def _when(timestamp: Any) -> str:
 def _is_pinterest_id(text: str | None) -> bool:
     """Pinterest's id pattern (`^\\d+$`, at most 18 long); ASCII digits only, unlike isdigit()."""
     return bool(text) and re.fullmatch(r"[0-9]{1,18}", str(text)) is not None
+
+
+def failure_printer(err: TextIO, command: str) -> Callable[..., int]:
+    """A command's one-line error on stderr (no line break inside: one failure, one line);
+    returns the exit status to give (1, or 2 for a usage error)."""
+
+    def fail(message: str, code: int = 1) -> int:
+        line = message.replace("\r", " ").replace("\n", " ")
+        print(f"{PROG} {command}: {line}", file=err, flush=True)
+        return code
+
+    return fail
 
 
 def reading_client(args: argparse.Namespace, account: str) -> PinterestClient | str:

@@ -25,8 +25,8 @@ from typing import Any, TextIO
 from target_pinterest_audiences.admin.check import explain_refusal
 from target_pinterest_audiences.admin.common import (
     ENV_PREFIX,
-    PROG,
     _is_pinterest_id,
+    failure_printer,
     reading_client,
 )
 from target_pinterest_audiences.identifiers import (
@@ -138,10 +138,7 @@ def _rows(content: str) -> Iterator[dict[str, Any] | None]:
 def run_forget(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Remove the file's people from the ad account's lists, suppress them, print a receipt."""
 
-    def fail(message: str, code: int = 1) -> int:
-        line = message.replace("\r", " ").replace("\n", " ")
-        print(f"{PROG} forget: {line}", file=err, flush=True)
-        return code
+    fail = failure_printer(err, "forget")
 
     account = args.ad_account_id
     if not account:

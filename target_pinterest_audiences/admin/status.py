@@ -13,9 +13,9 @@ from typing import TextIO
 from target_pinterest_audiences.admin.check import explain_refusal
 from target_pinterest_audiences.admin.common import (
     ENV_PREFIX,
-    PROG,
     _env,
     _is_pinterest_id,
+    failure_printer,
     reading_client,
 )
 from target_pinterest_audiences.pinterest.client import (
@@ -57,10 +57,7 @@ def run_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     the actalike audiences it seeds; without an audience, one row for every Audience the
     target keeps for the ad account."""
 
-    def fail(message: str, code: int = 1) -> int:
-        line = message.replace("\r", " ").replace("\n", " ")
-        print(f"{PROG} status: {line}", file=err, flush=True)
-        return code
+    fail = failure_printer(err, "status")
 
     account = args.ad_account_id
     if not account:
