@@ -166,7 +166,6 @@ class Dataset:
             active=run.active,
             suppressed=run.suppressed,
         )
-        self.started = False
 
     # ---- naming ----------------------------------------------------------------------
 
@@ -221,7 +220,6 @@ class Dataset:
             self._claim_audience(audience)
         self.uploader.check_audience()
         self.uploader.start()
-        self.started = True
 
     def _claim_audience(self, audience: str) -> None:
         by = "id" if audience == self.settings["audience_id"] else "name"
