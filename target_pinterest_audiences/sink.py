@@ -321,6 +321,8 @@ class AudienceSink(BatchSink):
         #: The stream's dataset is made now, at its SCHEMA (a stream that stream maps drop,
         #: `"name": null`, gets a sink from singer-sdk but never a record, nor a dataset).
         self.flow: RecordFlow | None = None
+        #: max_size, read once for the target's per-record path (settings do not change).
+        self.full_at = self.max_size
         if not _dropped(target, self.stream_name):
             self.flow = target.dataset_for(self.stream_name).flow
             self.flow.key_properties[self.stream_name] = tuple(self.key_properties or ())

@@ -34,11 +34,23 @@ def match_rate(
     return size / confirmed_members
 
 
-def match_rate_needs_count(size: int | None, list_status: str | None) -> bool:
+def match_rate_needs_count(
+    size: int | None, list_status: str | None, *, changed: bool = False
+) -> bool:
     """Whether a count of the confirmed members could give a match rate: the size is known
-    and counts the latest upload. Otherwise the count (which merges the snapshot's change
-    log, seconds for millions of changes) is not made."""
-    return size is not None and list_status not in MATCHING_LIST_STATUSES | {LIST_STATUS_UNREAD}
+    and counts the latest upload, and the run that asks did not just change the list.
+    Otherwise the count (which merges the snapshot's change log, seconds for millions of
+    changes) is not made.
+
+    `changed`: the run confirmed writes to the list. Pinterest sizes an audience 24-48 hours
+    after an upload (FACTS), whatever the list's status says at once, so the size read right
+    after the writes predates them and size / confirmed members would be wrong.
+    """
+    return (
+        not changed
+        and size is not None
+        and list_status not in MATCHING_LIST_STATUSES | {LIST_STATUS_UNREAD}
+    )
 
 
 def match_rate_unknown_reasons(
@@ -48,10 +60,11 @@ def match_rate_unknown_reasons(
     list_status: str | None = None,
     *,
     counted: bool = True,
+    changed: bool = False,
 ) -> list[str]:
     """Why the match rate cannot be computed, in words a marketer can act on (empty: known).
     `counted`: False when the confirmed members were not counted (see match_rate_needs_count):
-    then nothing is said about them."""
+    then nothing is said about them. `changed`: the run asking changed the list."""
     reasons = []
     if size is None:
         if audience_status in (None, "INITIALIZING"):
@@ -70,6 +83,11 @@ def match_rate_unknown_reasons(
         reasons.append(
             f"Pinterest is still matching the latest upload (Customer List status {list_status}): "
             "the size does not count it yet; read `status` again in 24-48 hours"
+        )
+    elif changed:
+        reasons.append(
+            "this run changed the list, and Pinterest counts a change in the audience's size "
+            "24-48 hours after the upload; read `status` then"
         )
     if not counted:
         pass
@@ -142,6 +160,9 @@ class Report:
     confirmed_members: int | None = None
     #: Whether confirmed_members was counted at the end of the run (see record_audience).
     confirmed_counted: bool = True
+    #: Whether this run confirmed writes to the list before the end-of-run read (then no
+    #: match rate: see match_rate_needs_count).
+    list_changed: bool = False
     #: The Customer List's status at the end (PROCESSING: the size predates the latest
     #: upload); said in the summary, not in STATE.
     list_status: str | None = None
@@ -179,11 +200,14 @@ class Report:
         list_status: str | None = None,
         *,
         counted: bool = True,
+        changed: bool = False,
     ) -> None:
         """Keep what the end-of-run reads of the Audience (and its list) said; `counted`:
-        False when the confirmed members were not counted (no match rate could come of it)."""
+        False when the confirmed members were not counted (no match rate could come of it);
+        `changed`: this run confirmed writes to the list."""
         self.audience_read = "read"
         self.confirmed_counted = counted
+        self.list_changed = changed
         self.audience_status = status
         self.audience_size = size
         self.confirmed_members = confirmed_members
@@ -209,6 +233,7 @@ class Report:
                 self.confirmed_members,
                 self.list_status,
                 counted=self.confirmed_counted,
+                changed=self.list_changed,
             )
             rate = "unknown: " + "; ".join(reasons)
         return (

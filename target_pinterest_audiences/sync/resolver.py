@@ -259,7 +259,8 @@ class Resolver:
         """End of a real run: one read of the Audience for the report's status, size and
         match rate, and one of its list, whose status says whether the size already counts
         the latest upload. `confirmed_members(list_id)` counts the snapshot (None: none),
-        only when the size is known and counts the latest upload.
+        only when the size is known and counts the latest upload, and this run wrote nothing
+        to the list (Pinterest sizes an audience 24-48 hours after an upload).
 
         Raises what the reads raise: the caller only warns, a finished run stays finished.
         """
@@ -290,13 +291,15 @@ class Resolver:
         status = audience.get("status")
         size = as_size(audience.get("size"))
         # Counting merges the snapshot's change log: only when a match rate can come of it.
-        counted = not list_id or match_rate_needs_count(size, list_status)
+        changed = bool(self.report.identifiers_added or self.report.identifiers_removed)
+        counted = not list_id or match_rate_needs_count(size, list_status, changed=changed)
         self.report.record_audience(
             status if isinstance(status, str) else None,
             size,
             confirmed_members(str(list_id)) if list_id and counted else None,
             list_status,
             counted=counted,
+            changed=changed,
         )
 
     def _get_list(self, list_id: str) -> dict[str, Any]:
