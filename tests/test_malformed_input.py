@@ -216,3 +216,28 @@ def test_a_text_stream_that_fails_to_decode_names_the_line_before():
         reader.process_lines(Undecodable(), {"SCHEMA": lambda message: None})
     assert "after line 1" in str(caught.value) and "UTF-8" in str(caught.value)
     assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("read_size", [1, 3, 7, 64, 1 << 20])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"a": 1}\n{"b": 2}\n',
+        b'{"a": 1}\n\n{"b": 22222222222}',  # blank line, last line without a line feed
+        b"\xef\xbb\xbf" + b"x" * 50 + b"\n" + b"y" * 20 + b"\n",  # lines longer than a read
+        b"",
+        b"\n",
+    ],
+)
+def test_lines_read_in_blocks_are_the_lines_of_the_input(monkeypatch, data, read_size):
+    """The reader takes the input a block at a time (one read per READ_SIZE bytes, not per
+    line); the lines it hands on are the input's lines whatever the block boundaries, and a
+    last line without a line feed is known as cut short."""
+    monkeypatch.setattr("target_pinterest_audiences.reader.READ_SIZE", read_size)
+    reader = SafeSingerReader()
+    lines = list(reader._binary_lines(io.BufferedReader(io.BytesIO(data), buffer_size=2)))
+    expected = data.split(b"\n")
+    if expected[-1] == b"":
+        expected.pop()
+    assert lines == expected
+    assert reader.cut_short is (not data.endswith(b"\n") and data != b"")

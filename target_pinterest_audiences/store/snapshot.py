@@ -81,6 +81,9 @@ CHANGE_ROW_KEYS = 32
 ROW_POSITIONS_SQL = (
     "nums (n) AS (VALUES " + ", ".join(f"({i})" for i in range(CHANGE_ROW_KEYS)) + ")"
 )
+#: Change-log rows per INSERT statement (4 parameters each; SQLite takes 32,766 since 3.32,
+#: PostgreSQL 65,535).
+APPEND_ROWS_PER_STATEMENT = 1000
 #: The writer thread merges the change log once it holds this many identifiers and at least
 #: as many as the members merged so far: rare merges, each one ordered sweep of the members'
 #: B-tree, and a log that cannot grow without bound in a pipeline of events runs only.
@@ -895,10 +898,16 @@ class Snapshot:
         if not hashes:
             return
         key = self._key
-        self._many(
-            f"INSERT INTO {_CHANGES} (list_key, state, width, keys) VALUES (?, ?, ?, ?)",
-            [(key, state, width, blob) for width, blob in self._codec.change_rows(hashes)],
-        )
+        rows = self._codec.change_rows(hashes)
+        # Many rows per statement: executemany runs a statement per row, and each one lets
+        # go of Python's lock and waits to get it back from the thread reading the input.
+        for start in range(0, len(rows), APPEND_ROWS_PER_STATEMENT):
+            part = rows[start : start + APPEND_ROWS_PER_STATEMENT]
+            self._exec(
+                f"INSERT INTO {_CHANGES} (list_key, state, width, keys) VALUES "
+                + ", ".join(["(?, ?, ?, ?)"] * len(part)),
+                [value for width, blob in part for value in (key, state, width, blob)],
+            )
         self._unmerged += len(hashes)
 
     def _compact(self) -> None:
