@@ -484,6 +484,10 @@ def test_postgres_snapshot_store_gives_the_same_results_as_sqlite(
 
     import psycopg
 
+    # The last run wrote, so its changes wait in the change log; a run that writes nothing
+    # counts them for its match rate, merging them into the members.
+    quiet = run_target(mirror_config(base_config, snapshot_url=url, sync_mode="events"), [])
+    assert quiet.final["match_rate"] == pytest.approx(1.0)
     env = os.environ
     with psycopg.connect(dbname=name) as conn:
         (count,) = conn.execute(

@@ -205,6 +205,54 @@ def test_an_events_run_leaves_its_changes_unmerged_until_a_count_needs_them(
     assert tables() == (0, 350)
 
 
+def test_a_run_merges_the_change_log_earlier_runs_left_not_its_own(tmp_path, monkeypatch):
+    """The change log stays bounded in a pipeline of events runs: a run whose snapshot holds
+    MERGE_MIN_KEYS logged identifiers or more from earlier runs merges them (writer thread),
+    while a run never merges what only it wrote (that cost a 2M run a quarter of its time)."""
+    import logging
+    import sqlite3
+
+    from target_pinterest_audiences.store import snapshot as snapshot_module
+    from target_pinterest_audiences.store.snapshot import SnapshotStore
+
+    monkeypatch.setattr(snapshot_module, "MERGE_MIN_KEYS", 30)
+    keys = [f"{i:064x}" for i in range(1, 101)]
+
+    def run(batch: list[str]) -> None:
+        store = SnapshotStore(
+            ad_account_id=AD_ACCOUNT, logger=logging.getLogger("test"), directory=tmp_path
+        )
+        snapshot = store.open("123", list_type="EMAIL")
+        assert snapshot is not None
+        for start in range(0, len(batch), 10):
+            entry = snapshot.journal("ADD", batch[start : start + 10], 0.0)
+            snapshot.confirm(entry, "ADD", batch[start : start + 10], [])
+            snapshot.merge_if_due()  # as the writer thread does after each batch
+        snapshot.close()
+        store.close()
+
+    def tables() -> tuple[int, int]:
+        (path,) = tmp_path.glob("snapshot-*.sqlite")
+        with sqlite3.connect(path) as conn:
+            logged = conn.execute(
+                "SELECT COUNT(*) FROM pinterest_audience_snapshot_changes"
+            ).fetchone()[0]
+            members = conn.execute(
+                "SELECT COUNT(*) FROM pinterest_audience_snapshot_members"
+            ).fetchone()[0]
+        return logged, members
+
+    run(keys[:29])  # below the threshold, and its own writes
+    assert tables()[1] == 0
+    run(keys[29:60])  # its own 31 writes pass the threshold: still not merged
+    assert tables()[1] == 0
+    run(keys[60:70])  # finds 60 left by earlier runs: merges them (and its first batch)
+    logged, members = tables()
+    assert members >= 60 and logged <= 1
+    run(keys[70:])  # finds at most one batch: nothing to merge
+    assert tables()[1] == members
+
+
 def test_report_after_a_run_on_a_matched_audience(emulator, base_config, run_target, admin):
     """A run that wrote to the list gives no match rate: Pinterest sizes an audience 24-48
     hours after an upload (FACTS), even when the list's status already says READY, so the

@@ -19,7 +19,8 @@ request, the change log a few rows per confirmed request (CHANGE_ROW_KEYS digest
 enough to stay inside a database page). The change log is merged into the keyed members
 table in key order, in one SQL statement that unpacks the blobs itself, only when a reader
 needs the merged members (a mirror run's plan, a count, `status`, a dry run), or by the
-writer thread once the log has grown (`merge_if_due`), never when an events run closes.
+writer thread of a run that finds a big log left by earlier runs (`merge_if_due`), never
+when an events run closes.
 Writing each identifier into the keyed members table as it is confirmed would cost a random
 B-tree write per identifier, several times the cost of the whole record path.
 
@@ -84,10 +85,12 @@ ROW_POSITIONS_SQL = (
 #: Change-log rows per INSERT statement (4 parameters each; SQLite takes 32,766 since 3.32,
 #: PostgreSQL 65,535).
 APPEND_ROWS_PER_STATEMENT = 1000
-#: The writer thread merges the change log once it holds this many identifiers and at least
-#: as many as the members merged so far: rare merges, each one ordered sweep of the members'
-#: B-tree, and a log that cannot grow without bound in a pipeline of events runs only.
-#: (Merging every 250,000 made a 1M-record events run slower: 11.2 s against 10.5 s.)
+#: A run's writer thread merges the change log when earlier runs left at least this many
+#: identifiers in it (see merge_if_due): a log that cannot grow without bound in a pipeline
+#: of events runs only, merged in one ordered sweep of the members' B-tree per 2 million
+#: changes or so. A run never merges its own writes while it reads: measured, a 2M-record
+#: events run that merged them mid-run took 20.1 s against 15.3 s (they compete for the
+#: two cores with the reader); merging every 250,000 made a 1M run 11.2 s against 10.5 s.
 MERGE_MIN_KEYS = 2_000_000
 #: PostgreSQL: lists being created (SQLite stores keep a file per create instead).
 _CREATES = "pinterest_audience_snapshot_creates"
@@ -785,16 +788,14 @@ class Snapshot:
             self.landing: dict[str, tuple[float, float]] = {}
             #: Per journal entry of this run: the settle time stored for it.
             self._settles: dict[int, float] = {}
-            #: Identifiers in the change log, not merged into the members yet.
-            self._unmerged = self._logged() if self._key >= 0 else 0
+            #: Identifiers earlier runs left in the change log (merge_if_due): 0 once merged.
+            self._backlog = self._logged() if self._key >= 0 else 0
             # Writes left unanswered by a run that died are in doubt: a dry run must see
             # them too (it reports the difference the real run would make).
             self.in_doubt_recovered = self._recover() if recover and self._key >= 0 else 0
-            if self._unmerged and readonly:
+            if self._backlog and readonly:
                 self._compact()  # a dry run's counts and plan read merged members
             self._at_open: int | None = None
-            #: Members in the members table after the latest merge (when to merge again).
-            self._merged_members = 0
 
     @property
     def members_at_open(self) -> int:
@@ -806,7 +807,6 @@ class Snapshot:
                 if self._at_open is None:
                     self._compact()
                     self._at_open = self._count_merged()
-                    self._merged_members = self._at_open
         return self._at_open
 
     # ---- SQL helpers (callers hold self._lock) ---------------------------------------
@@ -908,7 +908,6 @@ class Snapshot:
                 + ", ".join(["(?, ?, ?, ?)"] * len(part)),
                 [value for width, blob in part for value in (key, state, width, blob)],
             )
-        self._unmerged += len(hashes)
 
     def _compact(self) -> None:
         """Merge the change log into the members, in key order, keeping each identifier's
@@ -917,7 +916,6 @@ class Snapshot:
             return
         (last,) = self._one(f"SELECT MAX(seq) FROM {_CHANGES} WHERE list_key = ?", (self._key,))
         if last is None:
-            self._unmerged_at_merge = self._unmerged = 0
             return
         # Two integers of ours, inlined.
         where = f"list_key = {int(self._key)} AND seq <= {int(last)}"
@@ -948,17 +946,18 @@ class Snapshot:
         )
         self._exec(f"DELETE FROM {_CHANGES} WHERE {where}")
         self._conn.commit()
-        self._unmerged_at_merge, self._unmerged = self._unmerged, 0
 
     def merge_if_due(self) -> None:
-        """The writer thread, between batches: merge the change log once it is big (the
-        SQL runs without Python's lock, alongside the main thread reading the input), so
-        the end of the run has little left to merge when a count needs merged members."""
-        if self._unmerged < max(MERGE_MIN_KEYS, self._merged_members) or self.readonly:
+        """The writer thread, between batches: merge the change log when earlier runs left
+        MERGE_MIN_KEYS identifiers or more in it (the SQL runs without Python's lock,
+        alongside the main thread reading the input). At most once a run, and never for
+        the run's own writes alone: a pipeline of events runs keeps its log bounded (about
+        MERGE_MIN_KEYS plus a run's writes), and each run pays for one merge at most."""
+        if self._backlog < MERGE_MIN_KEYS or self.readonly:
             return
         with self._lock:
             self._compact()
-            self._merged_members += self._unmerged_at_merge
+            self._backlog = 0
 
     # ---- the API the writer uses -----------------------------------------------------
 
@@ -1041,8 +1040,7 @@ class Snapshot:
         """Confirmed members now (the change log merged first)."""
         with self._lock, self._named():
             self._compact()
-            self._merged_members = self._count_merged()
-            return self._merged_members
+            return self._count_merged()
 
     @contextlib.contextmanager
     def _named(self) -> Iterator[None]:
