@@ -62,6 +62,30 @@ if t.TYPE_CHECKING:
 CLOCK_CHECK_RECORDS = 512
 
 
+#: glibc's mallopt() parameter that caps the malloc arenas (malloc.h), and the cap.
+_M_ARENA_MAX, MALLOC_ARENAS = -8, 2
+
+
+def _cap_malloc_arenas() -> None:
+    """Let the run's threads share two malloc arenas (glibc makes up to 8 per core).
+
+    The writer's threads each build request bodies of about a megabyte; with an arena each,
+    memory one thread freed is not reused by the others, and peak RSS crept up with the
+    input: measured, medians of 3, 79 MB at 200,000 records and 100 MB at 2M (1.26x); with
+    two arenas 74 MB and 79 MB (1.07x), no slower. Not glibc (macOS, musl): nothing to do.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt"):
+            libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+    except (OSError, AttributeError):  # pragma: no cover - no C library to ask
+        return
+
+
 class Terminated(BaseException):
     """Raised in the main thread by the SIGTERM/SIGINT handler (a BaseException, so that no
     `except Exception` on the way swallows it)."""
@@ -138,6 +162,7 @@ class TargetPinterestAudiences(Target):
     # ---- wiring ----------------------------------------------------------------------
 
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        _cap_malloc_arenas()  # before any thread of ours starts
         super().__init__(*args, **kwargs)
         # Records of all streams share one ordered flow; nothing is gained by parallel drains.
         self.max_parallelism = 1
