@@ -82,6 +82,9 @@ CHANGE_ROW_KEYS = 32
 ROW_POSITIONS_SQL = (
     "nums (n) AS (VALUES " + ", ".join(f"({i})" for i in range(CHANGE_ROW_KEYS)) + ")"
 )
+#: Journal entries whose encoded identifiers are kept for their confirmation (a few more
+#: than the writes in flight at once).
+KEEP_ENCODED = 16
 #: Change-log rows per INSERT statement (4 parameters each; SQLite takes 32,766 since 3.32,
 #: PostgreSQL 65,535).
 APPEND_ROWS_PER_STATEMENT = 1000
@@ -185,9 +188,12 @@ class KeyCodec:
                 return 32, bytes.fromhex(joined)
         return [self.encode(key) for key in keys]
 
-    def pack(self, keys: Sequence[str]) -> bytes:
-        """Keys as one blob (a journal row): see pack_keys."""
-        encoded = self.encode_all(keys)
+    def pack(
+        self, keys: Sequence[str], encoded: tuple[int, bytes] | list[bytes] | None = None
+    ) -> bytes:
+        """Keys as one blob (a journal row): see pack_keys. `encoded`: encode_all(keys)."""
+        if encoded is None:
+            encoded = self.encode_all(keys)
         if isinstance(encoded, tuple):
             return bytes((encoded[0],)) + encoded[1]
         return pack_keys(encoded)
@@ -195,10 +201,14 @@ class KeyCodec:
     def unpack(self, blob: bytes) -> list[str]:
         return [self.decode(key) for key in unpack_keys(blob)]
 
-    def change_rows(self, keys: Sequence[str]) -> list[tuple[int, bytes]]:
+    def change_rows(
+        self, keys: Sequence[str], encoded: tuple[int, bytes] | list[bytes] | None = None
+    ) -> list[tuple[int, bytes]]:
         """Keys as change-log rows (width, packed keys): CHANGE_ROW_KEYS keys of one width
-        end to end per row; width 0 holds one key of any length (an external id)."""
-        encoded = self.encode_all(keys)
+        end to end per row; width 0 holds one key of any length (an external id).
+        `encoded`: encode_all(keys), when the caller has it."""
+        if encoded is None:
+            encoded = self.encode_all(keys)
         if isinstance(encoded, tuple):
             width, blob = encoded
             step = width * CHANGE_ROW_KEYS
@@ -788,6 +798,9 @@ class Snapshot:
             self.landing: dict[str, tuple[float, float]] = {}
             #: Per journal entry of this run: the settle time stored for it.
             self._settles: dict[int, float] = {}
+            #: Per journal entry in flight: its identifiers and encode_all() of them, for
+            #: confirm() (at most KEEP_ENCODED, the oldest dropped).
+            self._encoded: dict[int, tuple[Sequence[str], tuple[int, bytes] | list[bytes]]] = {}
             #: Identifiers earlier runs left in the change log (merge_if_due): 0 once merged.
             self._backlog = self._logged() if self._key >= 0 else 0
             # Writes left unanswered by a run that died are in doubt: a dry run must see
@@ -895,10 +908,11 @@ class Snapshot:
         return doubtful
 
     def _append(self, hashes: Sequence[str], state: int) -> None:
-        if not hashes:
-            return
+        if hashes:
+            self._append_rows(self._codec.change_rows(hashes), state)
+
+    def _append_rows(self, rows: list[tuple[int, bytes]], state: int) -> None:
         key = self._key
-        rows = self._codec.change_rows(hashes)
         # Many rows per statement: executemany runs a statement per row, and each one lets
         # go of Python's lock and waits to get it back from the thread reading the input.
         for start in range(0, len(rows), APPEND_ROWS_PER_STATEMENT):
@@ -968,7 +982,8 @@ class Snapshot:
     def journal(self, operation: str, hashes: Sequence[str], settle_until: float) -> int:
         """Before a write goes out: remember it, so a lost answer leaves it in doubt, and
         until when (time.time()) an attempt sent now may land."""
-        packed = self._codec.pack(hashes)
+        encoded = self._codec.encode_all(hashes)
+        packed = self._codec.pack(hashes, encoded)
         with self._lock:
             cursor = self._exec(
                 f"INSERT INTO {_JOURNAL} (list_key, op, records, settle_until, keys) VALUES "
@@ -978,6 +993,9 @@ class Snapshot:
             entry = int(cursor.lastrowid if self._sqlite else cursor.fetchone()[0])
             self._conn.commit()
             self._settles[entry] = settle_until
+            if len(self._encoded) >= KEEP_ENCODED:  # entries never confirmed (failed writes)
+                del self._encoded[next(iter(self._encoded))]
+            self._encoded[entry] = (hashes, encoded)
             return entry
 
     def must_wait_before(self, operation: str, hashes: Sequence[str]) -> float:
@@ -1011,9 +1029,16 @@ class Snapshot:
     ) -> None:
         """Pinterest confirmed a write: `applied` changed membership; `doubtful` were carried
         by an attempt that timed out and may still land later, so they stay in doubt."""
+        # Encoded outside the lock (other requests confirm meanwhile), and only once when
+        # every identifier journaled was applied: journal() kept them encoded.
         with self._lock:
-            self._append(applied, MEMBER if operation == "ADD" else GONE)
-            self._append(doubtful, IN_DOUBT)
+            kept = self._encoded.pop(entry, None) if entry is not None else None
+        reuse = kept[1] if kept is not None and kept[0] is applied else None
+        rows = self._codec.change_rows(applied, reuse) if applied else []
+        in_doubt = self._codec.change_rows(doubtful) if doubtful else []
+        with self._lock:
+            self._append_rows(rows, MEMBER if operation == "ADD" else GONE)
+            self._append_rows(in_doubt, IN_DOUBT)
             if entry is not None and doubtful:
                 # A timed-out attempt (of this request or of an earlier one, of either
                 # action) may still land within this row's settle time: kept for a run
