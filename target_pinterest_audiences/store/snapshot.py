@@ -1069,6 +1069,16 @@ class Snapshot:
             yield page
             last = page[-1][0]
 
+    def sqlite_members(self) -> tuple[Path, str, int] | None:
+        """For a reader of the members in SQL (a mirror run's plan): the change log merged
+        first, then where the members are: (SQLite file, table, list key), to be attached
+        read-only on another connection; None in PostgreSQL (read them with pages())."""
+        if self._path is None or self._key < 0:
+            return None
+        with self._lock, self._named():
+            self._compact()
+        return self._path, _MEMBERS, self._key
+
     def set_list_type(self, list_type: str) -> None:
         """Remember the kind a list was created with (Pinterest's answers do not say it).
 

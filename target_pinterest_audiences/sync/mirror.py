@@ -23,11 +23,13 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from target_pinterest_audiences.store.snapshot import (
+    CHANGE_ROW_KEYS,
     PAGE_SIZE,
     ROW_KEY_SQL,
     ROW_POSITIONS_SQL,
@@ -46,6 +48,10 @@ TEXT_KEY_TYPE = "LR_ID"
 RUN_DIR_PREFIX = "target-pinterest-audiences-run-"
 #: Meltano's environment variable for allow_large_removal, named in the cap's message.
 ALLOW_ENV = "TARGET_PINTEREST_AUDIENCES_ALLOW_LARGE_REMOVAL"
+#: Keys per sorted chunk of a run set: sorting 1M keys takes about 0.4 s (while the input is
+#: read on); the last chunk is sorted after the input, so smaller is a shorter wait at the
+#: end, and larger fewer tables to merge.
+CHUNK_KEYS = 1_000_000
 
 
 @dataclass
@@ -62,21 +68,29 @@ class Plan:
 
 
 class RunSet:
-    """Every identifier this run has seen and what the source wants for it, in input order,
-    on disk; deleted when the run ends."""
+    """Every identifier this run has seen and what the source wants for it, on disk;
+    deleted when the run ends.
 
-    def __init__(self, codec: KeyCodec) -> None:
+    The keys go in as they come (appending costs the same whatever the size; a keyed table
+    would pay a random B-tree write per identifier), and every CHUNK_KEYS of them are sorted
+    into a keyed chunk table while the input is still being read: SQL that runs without
+    Python's lock, on the other core. At the end only the last chunk is sorted; the chunks,
+    each in key order, are merged by SQLite (compound SELECTs over ordered tables merge,
+    they do not sort) with the snapshot's members, which are in key order too.
+    """
+
+    def __init__(self, codec: KeyCodec, *, chunks: bool = True) -> None:
         self.codec = codec
         _remove_orphans()
         self._dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-")
         path = Path(self._dir) / "run.sqlite"
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn = sqlite3.connect(
+            _file_uri(path), uri=True, check_same_thread=False, isolation_level=None
+        )
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-4000"):
             self._conn.execute(f"PRAGMA {pragma}")
-        # Appending costs the same whatever the size; a keyed table would pay a random
-        # B-tree write per identifier. Sorting happens once, at the end. A batch's keys are
-        # packed, CHANGE_ROW_KEYS of one width per row (as in the snapshot's change log),
-        # one row per want: a batch names each identifier once.
+        # A batch's keys are packed, CHANGE_ROW_KEYS of one width per row (as in the
+        # snapshot's change log), one row per want: a batch names each identifier once.
         self._conn.execute(
             "CREATE TABLE seen (want INTEGER NOT NULL, width INTEGER NOT NULL, keys BLOB NOT NULL)"
         )
@@ -85,26 +99,76 @@ class RunSet:
         #: Every identifier an ADD of this run confirmed (once or more): counted at the end.
         self._conn.execute("CREATE TABLE added (width INTEGER NOT NULL, keys BLOB NOT NULL)")
         self._lock = threading.Lock()  # the writer's request threads record what they added
+        #: Whether keys are sorted into chunk tables as they come (the early keeps, read
+        #: back in input order by seen_keys, are not).
+        self._chunked = chunks
+        #: The sorted chunk tables, in input order; the keys in `seen` not sorted yet.
+        self._chunks: list[str] = []
+        self._unsorted = 0
+        #: Whether any batch said `remove`, or named a skipped record's identifiers: without
+        #: either, every identifier of the run is a member, whichever chunk names it.
+        self.any_absent = False
+        self.any_keep = False
+
+    def _insert(self, table: str, want: int | None, keys: list[str]) -> None:
+        """Append keys as packed rows; one statement for a batch of SHA-256 digests (a
+        statement per row would hand Python's lock to and fro with the reading thread)."""
+        encoded = self.codec.encode_all(keys)
+        columns = "want, width, keys" if want is not None else "width, keys"
+        values = f"{int(want)}, " if want is not None else ""
+        if isinstance(encoded, tuple):
+            width, blob = encoded
+            step = width * CHANGE_ROW_KEYS
+            self._conn.execute(
+                "WITH RECURSIVE pos (n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM pos WHERE "
+                f"n + 1 < ?) INSERT INTO {table} ({columns}) SELECT {values}?, "
+                "substr(?, 1 + ? * n, ?) FROM pos",
+                (-(-len(blob) // step), width, blob, step, step),
+            )
+            return
+        self._conn.executemany(
+            f"INSERT INTO {table} ({columns}) VALUES ({values}?, ?)", self.codec.change_rows(keys)
+        )
 
     def put(self, adds: list[str], removes: list[str], keeps: list[str]) -> None:
         """Record one batch of identifiers (as sent: hex digests or external ids), in input
         order: what it adds, removes and keeps (each identifier in one of the three)."""
-        rows = [
-            (want, width, blob)
-            for want, keys in ((WANT_MEMBER, adds), (WANT_ABSENT, removes), (WANT_KEEP, keeps))
-            if keys
-            for width, blob in self.codec.change_rows(keys)
-        ]
         with self._lock:
             self._conn.execute("BEGIN")
-            self._conn.executemany("INSERT INTO seen VALUES (?, ?, ?)", rows)
+            for want, keys in ((WANT_MEMBER, adds), (WANT_ABSENT, removes), (WANT_KEEP, keeps)):
+                if keys:
+                    self._insert("seen", want, keys)
             self._conn.execute("COMMIT")
+            self.any_absent = self.any_absent or bool(removes)
+            self.any_keep = self.any_keep or bool(keeps)
+            self._unsorted += len(adds) + len(removes) + len(keeps)
+            if self._chunked and self._unsorted >= CHUNK_KEYS:
+                self._sort_chunk()
+
+    def _sort_chunk(self) -> None:
+        """The keys not sorted yet become a chunk table: each key once, in key order, with
+        what its latest record in the chunk wants (the caller holds the lock)."""
+        name = f"chunk{len(self._chunks)}"
+        self._conn.execute("BEGIN")
+        self._conn.execute(
+            f"CREATE TABLE {name} (h BLOB PRIMARY KEY, want INTEGER NOT NULL) WITHOUT ROWID"
+        )
+        # Rows go in key order, then input order: the first inserts, a later one replaces
+        # it unless it only keeps (a skipped record changes nothing a valid one said).
+        self._conn.execute(
+            f"WITH {ROW_POSITIONS_SQL} INSERT INTO {name} (h, want) SELECT {ROW_KEY_SQL} AS k, "
+            f"want FROM seen CROSS JOIN nums WHERE n < {ROW_SIZE_SQL} ORDER BY k, seen.rowid "
+            f"ON CONFLICT (h) DO UPDATE SET want = excluded.want WHERE excluded.want != {WANT_KEEP}"
+        )
+        self._conn.execute("DELETE FROM seen")
+        self._conn.execute("COMMIT")
+        self._chunks.append(name)
+        self._unsorted = 0
 
     def record_added(self, keys: list[str]) -> None:
-        rows = self.codec.change_rows(keys)
         with self._lock:
             self._conn.execute("BEGIN")
-            self._conn.executemany("INSERT INTO added VALUES (?, ?)", rows)
+            self._insert("added", None, keys)
             self._conn.execute("COMMIT")
 
     def distinct_added(self) -> int:
@@ -117,13 +181,38 @@ class RunSet:
             ).fetchone()
             return int(row[0])
 
+    def _sources(self) -> list[str]:
+        """The sorted tables of the whole run (the caller holds the lock): its chunks; or,
+        when a key's latest want may sit in another chunk than its first (some record said
+        `remove`), one table merged from them."""
+        if not self.any_absent or len(self._chunks) == 1:
+            return list(self._chunks)
+        self._conn.execute("BEGIN")
+        self._conn.execute("DROP TABLE IF EXISTS wanted")
+        self._conn.execute(
+            "CREATE TABLE wanted (h BLOB PRIMARY KEY, want INTEGER NOT NULL) WITHOUT ROWID"
+        )
+        self._conn.execute(
+            f"INSERT INTO wanted (h, want) SELECT h, want FROM ({self._merged()}) WHERE true "
+            f"ON CONFLICT (h) DO UPDATE SET want = excluded.want WHERE excluded.want != {WANT_KEEP}"
+        )
+        self._conn.execute("COMMIT")
+        return ["wanted"]
+
+    def _merged(self) -> str:
+        """SQL: every chunk's (h, want, chunk), in key order, then chunk order (a merge)."""
+        return (
+            " UNION ALL ".join(
+                f"SELECT h, want, {i} AS c FROM {name}" for i, name in enumerate(self._chunks)
+            )
+            + " ORDER BY 1, 3"
+        )
+
     def _wanted(self) -> Iterator[tuple[bytes, int]]:
         """Each identifier once, in key order, with what the source finally wants for it:
-        the latest valid record's action, or "keep" when only skipped records named it."""
-        cursor = self._conn.execute(
-            f"WITH {ROW_POSITIONS_SQL} SELECT {ROW_KEY_SQL} AS h, want FROM seen CROSS JOIN "
-            f"nums WHERE n < {ROW_SIZE_SQL} ORDER BY h, seen.rowid"
-        )
+        the latest valid record's action, or "keep" when only skipped records named it
+        (the caller holds the lock)."""
+        cursor = self._conn.execute(f"SELECT h, want FROM ({self._merged()})")
         key: bytes | None = None
         want = WANT_KEEP
         while True:
@@ -149,6 +238,83 @@ class RunSet:
         says `remove` (nobody knows whether the list holds them). `streamed`: members were
         added while reading (no confirmed member at the start), so none was unchanged.
         """
+        members = snapshot.sqlite_members() if snapshot is not None else None
+        with self._lock:
+            if self._unsorted or not self._chunks:
+                self._sort_chunk()
+            self._conn.execute("DELETE FROM adds")
+            self._conn.execute("DELETE FROM removals")
+            if members is None:
+                plan = self._plan_in_python(snapshot, snapshot_new=snapshot_new, streamed=streamed)
+            else:
+                plan = self._plan_in_sql(*members, snapshot_new=snapshot_new, streamed=streamed)
+            plan.adds = self._count("adds")
+            plan.removals = self._count("removals")
+        return plan
+
+    def _plan_in_sql(
+        self, path: Path, table: str, list_key: int, *, snapshot_new: bool, streamed: bool
+    ) -> Plan:
+        """The plan of a SQLite snapshot: its file attached (read-only) to the run set, and
+        the difference computed by merges in SQL, never a Python loop over the members."""
+        plan = Plan()
+        sources = self._sources()
+        conn = self._conn
+
+        def keys(where: str, distinct: bool = False) -> str:
+            arms = [f"SELECT h FROM {name} WHERE {where}" for name in sources]
+            if len(arms) == 1:
+                return arms[0]
+            union = " UNION " if distinct else " UNION ALL "
+            return f"SELECT h FROM ({union.join(arms)} ORDER BY 1)"
+
+        # Two integers of ours, inlined.
+        snap = f"SELECT h FROM snap.{table} WHERE list_key = {int(list_key)}"
+        conn.execute("ATTACH ? AS snap", (_file_uri(path) + "?mode=ro",))
+        try:
+            conn.execute("BEGIN")
+            conn.execute(
+                f"INSERT INTO adds (h) {keys(f'want = {WANT_MEMBER}')} "
+                f"EXCEPT {snap} AND confirmed = 1 ORDER BY 1"
+            )
+            absent = ""
+            if snapshot_new and self.any_absent:
+                absent = f" UNION {keys(f'want = {WANT_ABSENT}')}"
+            conn.execute(
+                f"INSERT INTO removals (h) {snap} EXCEPT {keys(f'want != {WANT_ABSENT}')}"
+                f"{absent} ORDER BY 1"
+            )
+            conn.execute("COMMIT")
+            (removals_of_members,) = conn.execute(
+                f"SELECT COUNT(*) FROM removals WHERE EXISTS ({snap} AND confirmed = 1 AND "
+                "h = removals.h)"
+            ).fetchone()
+            if self.any_absent or self.any_keep:
+                (plan.members_in_source,) = conn.execute(
+                    f"SELECT COUNT(*) FROM ({keys(f'want = {WANT_MEMBER}', distinct=True)})"
+                ).fetchone()
+            else:
+                # Every identifier of the run is a member: those the snapshot confirms are
+                # its confirmed members less the ones removed.
+                (confirmed,) = conn.execute(
+                    f"SELECT COUNT(*) FROM snap.{table} WHERE list_key = {int(list_key)} "
+                    "AND confirmed = 1"
+                ).fetchone()
+                plan.members_in_source = self._count("adds") + confirmed - removals_of_members
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.execute("DETACH snap")
+        if not streamed:
+            plan.removals_of_members = removals_of_members
+            plan.unchanged = plan.members_in_source - self._count("adds")
+        return plan
+
+    def _plan_in_python(
+        self, snapshot: Snapshot | None, *, snapshot_new: bool, streamed: bool
+    ) -> Plan:
+        """The plan of a PostgreSQL snapshot (or none): both sides read in key order and
+        merged here (the caller holds the lock)."""
         plan = Plan()
         adds: list[tuple[bytes]] = []
         removals: list[tuple[bytes]] = []
@@ -160,11 +326,9 @@ class RunSet:
             adds.clear()
             removals.clear()
 
-        self._conn.execute("BEGIN")
-        self._conn.execute("DELETE FROM adds")
-        self._conn.execute("DELETE FROM removals")
-        snap_rows = _rows(snapshot.pages()) if snapshot is not None else iter(())
         run_rows = self._wanted()
+        self._conn.execute("BEGIN")
+        snap_rows = _rows(snapshot.pages()) if snapshot is not None else iter(())
         s = next(snap_rows, None)
         r = next(run_rows, None)
         while s is not None or r is not None:
@@ -199,15 +363,15 @@ class RunSet:
                 flush()
         flush()
         self._conn.execute("COMMIT")
-        plan.adds = self._count("adds")
-        plan.removals = self._count("removals")
         return plan
 
     def _count(self, table: str) -> int:
         return int(self._conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
     def seen_keys(self) -> Iterator[list[str]]:
-        """Every identifier recorded, a row at a time (the early keeps)."""
+        """Every identifier recorded, a row at a time (the early keeps: a set made with
+        chunks=False, so all of them are still in input order)."""
+        assert not self._chunked
         decode = self.codec.decode
         rows = self._conn.execute(
             f"WITH {ROW_POSITIONS_SQL} SELECT {ROW_KEY_SQL} FROM seen CROSS JOIN nums "
@@ -238,6 +402,11 @@ class RunSet:
         with contextlib.suppress(Exception):
             self._conn.close()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _file_uri(path: Path) -> str:
+    """A file's SQLite URI (the run set is opened with URIs, to attach a snapshot read-only)."""
+    return "file:" + urllib.parse.quote(str(path.resolve()))
 
 
 def _remove_orphans() -> None:
@@ -333,7 +502,7 @@ class MirrorSync:
             assert not ops, "the run's list type is set before its first identifiers"
             if keeps:
                 if self._early_keeps is None:
-                    self._early_keeps = RunSet(KeyCodec(TEXT_KEY_TYPE))
+                    self._early_keeps = RunSet(KeyCodec(TEXT_KEY_TYPE), chunks=False)
                 self._early_keeps.put([], [], keeps)
             return
         if keeps and not runset.codec.text:
