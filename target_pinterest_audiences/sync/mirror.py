@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import shutil
 import sqlite3
 import tempfile
@@ -51,7 +52,10 @@ ALLOW_ENV = "TARGET_PINTEREST_AUDIENCES_ALLOW_LARGE_REMOVAL"
 #: Keys per sorted chunk of a run set: sorting 1M keys takes about 0.4 s (while the input is
 #: read on); the last chunk is sorted after the input, so smaller is a shorter wait at the
 #: end, and larger fewer tables to merge.
-CHUNK_KEYS = 1_000_000
+CHUNK_KEYS = 250_000
+#: Chunks of one tier merged into one of the next (a few large chunks to merge at the end,
+#: each key rewritten about log4(keys / CHUNK_KEYS) times while the input is read).
+CHUNK_FANOUT = 4
 
 
 @dataclass
@@ -72,39 +76,52 @@ class RunSet:
     deleted when the run ends.
 
     The keys go in as they come (appending costs the same whatever the size; a keyed table
-    would pay a random B-tree write per identifier), and every CHUNK_KEYS of them are sorted
-    into a keyed chunk table while the input is still being read: SQL that runs without
-    Python's lock, on the other core. At the end only the last chunk is sorted; the chunks,
-    each in key order, are merged by SQLite (compound SELECTs over ordered tables merge,
-    they do not sort) with the snapshot's members, which are in key order too.
+    would pay a random B-tree write per identifier). Every CHUNK_KEYS of them a sorter
+    thread sorts into a keyed chunk table of a second file, and merges every CHUNK_FANOUT
+    chunks of one size into one, while the input is still being read: SQL that runs
+    without Python's lock, on the other core, and never holds the writer thread up. At the
+    end only the last keys are sorted; the few chunks, each in key order, are merged by
+    SQLite (compound SELECTs over ordered tables merge, they do not sort) with the
+    snapshot's members, which are in key order too.
     """
 
     def __init__(self, codec: KeyCodec, *, chunks: bool = True) -> None:
         self.codec = codec
         _remove_orphans()
         self._dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-")
-        path = Path(self._dir) / "run.sqlite"
-        self._conn = sqlite3.connect(
-            _file_uri(path), uri=True, check_same_thread=False, isolation_level=None
-        )
-        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-4000"):
+        run_path = Path(self._dir) / "run.sqlite"
+        self._conn = _connect(run_path)
+        # WAL: the sorter reads the appended keys while the writer thread appends more.
+        for pragma in ("journal_mode=WAL", "synchronous=OFF", "cache_size=-4000"):
             self._conn.execute(f"PRAGMA {pragma}")
         # A batch's keys are packed, CHANGE_ROW_KEYS of one width per row (as in the
         # snapshot's change log), one row per want: a batch names each identifier once.
         self._conn.execute(
             "CREATE TABLE seen (want INTEGER NOT NULL, width INTEGER NOT NULL, keys BLOB NOT NULL)"
         )
-        self._conn.execute("CREATE TABLE adds (h BLOB NOT NULL)")
-        self._conn.execute("CREATE TABLE removals (h BLOB NOT NULL)")
         #: Every identifier an ADD of this run confirmed (once or more): counted at the end.
         self._conn.execute("CREATE TABLE added (width INTEGER NOT NULL, keys BLOB NOT NULL)")
         self._lock = threading.Lock()  # the writer's request threads record what they added
+        # The sorted side: chunk tables, then the plan's adds and removals. Its connection
+        # belongs to the sorter thread until the plan waits for that to end.
+        self._sorted = _connect(Path(self._dir) / "sorted.sqlite")
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-4000"):
+            self._sorted.execute(f"PRAGMA {pragma}")
+        self._sorted.execute("ATTACH ? AS run", (_file_uri(run_path),))
+        self._sorted.execute("CREATE TABLE adds (h BLOB NOT NULL)")
+        self._sorted.execute("CREATE TABLE removals (h BLOB NOT NULL)")
         #: Whether keys are sorted into chunk tables as they come (the early keeps, read
         #: back in input order by seen_keys, are not).
         self._chunked = chunks
-        #: The sorted chunk tables, in input order; the keys in `seen` not sorted yet.
-        self._chunks: list[str] = []
+        #: The sorted chunk tables, in input order, with their tier (CHUNK_FANOUT ** tier
+        #: chunks merged into one); the rowid of `seen` up to which keys were handed over.
+        self._chunks: list[tuple[str, int]] = []
+        self._made = 0
+        self._handed = 0
         self._unsorted = 0
+        self._jobs: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self._sorter: threading.Thread | None = None
+        self._sort_error: BaseException | None = None
         #: Whether any batch said `remove`, or named a skipped record's identifiers: without
         #: either, every identifier of the run is a member, whichever chunk names it.
         self.any_absent = False
@@ -143,27 +160,97 @@ class RunSet:
             self.any_keep = self.any_keep or bool(keeps)
             self._unsorted += len(adds) + len(removes) + len(keeps)
             if self._chunked and self._unsorted >= CHUNK_KEYS:
-                self._sort_chunk()
+                self._hand_over()
 
-    def _sort_chunk(self) -> None:
-        """The keys not sorted yet become a chunk table: each key once, in key order, with
-        what its latest record in the chunk wants (the caller holds the lock)."""
-        name = f"chunk{len(self._chunks)}"
-        self._conn.execute("BEGIN")
-        self._conn.execute(
-            f"CREATE TABLE {name} (h BLOB PRIMARY KEY, want INTEGER NOT NULL) WITHOUT ROWID"
-        )
+    def _hand_over(self) -> None:
+        """The keys appended since the last hand-over go to the sorter (the caller holds
+        the lock)."""
+        (last,) = self._conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM seen").fetchone()
+        if self._sorter is None:
+            self._sorter = threading.Thread(
+                target=self._sort_jobs, name="pinterest-mirror-sort", daemon=True
+            )
+            self._sorter.start()
+        self._jobs.put((self._handed, int(last)))
+        self._handed = int(last)
+        self._unsorted = 0
+
+    def _sort_jobs(self) -> None:
+        """The sorter thread: each range of `seen` becomes a chunk; an error waits for the
+        plan, which raises it."""
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            if self._sort_error is not None:
+                continue
+            try:
+                self._sort_chunk(*job)
+            except BaseException as exc:  # raised again by the plan, in the writer thread
+                self._sort_error = exc
+
+    def _sort_chunk(self, after: int, last: int) -> None:
+        """Rows `after` < rowid <= `last` of `seen` become a chunk table: each key once, in
+        key order, with what its latest record there wants; then every CHUNK_FANOUT chunks
+        of one tier are merged into one of the next."""
+        name = self._new_table()
         # Rows go in key order, then input order: the first inserts, a later one replaces
         # it unless it only keeps (a skipped record changes nothing a valid one said).
-        self._conn.execute(
+        self._sorted.execute(
             f"WITH {ROW_POSITIONS_SQL} INSERT INTO {name} (h, want) SELECT {ROW_KEY_SQL} AS k, "
-            f"want FROM seen CROSS JOIN nums WHERE n < {ROW_SIZE_SQL} ORDER BY k, seen.rowid "
+            f"want FROM run.seen CROSS JOIN nums WHERE seen.rowid > {int(after)} AND "
+            f"seen.rowid <= {int(last)} AND n < {ROW_SIZE_SQL} ORDER BY k, seen.rowid "
             f"ON CONFLICT (h) DO UPDATE SET want = excluded.want WHERE excluded.want != {WANT_KEEP}"
         )
-        self._conn.execute("DELETE FROM seen")
-        self._conn.execute("COMMIT")
-        self._chunks.append(name)
-        self._unsorted = 0
+        self._chunks.append((name, 0))
+        while len(self._chunks) >= CHUNK_FANOUT and (
+            len({tier for _, tier in self._chunks[-CHUNK_FANOUT:]}) == 1
+        ):
+            tier = self._chunks[-1][1]
+            merged = self._merge([name for name, _ in self._chunks[-CHUNK_FANOUT:]])
+            del self._chunks[-CHUNK_FANOUT:]
+            self._chunks.append((merged, tier + 1))
+
+    def _new_table(self) -> str:
+        name = f"chunk{self._made}"
+        self._made += 1
+        self._sorted.execute(
+            f"CREATE TABLE {name} (h BLOB PRIMARY KEY, want INTEGER NOT NULL) WITHOUT ROWID"
+        )
+        return name
+
+    def _merge(self, names: list[str]) -> str:
+        """Chunks (consecutive, in input order) merged into one table, then dropped: each
+        key once, with the want its latest chunk gives it (a merge of ordered tables)."""
+        merged = self._new_table()
+        arms = " UNION ALL ".join(f"SELECT h, want, {i} AS c FROM {n}" for i, n in enumerate(names))
+        self._sorted.execute(
+            f"INSERT INTO {merged} (h, want) SELECT h, want FROM ({arms} ORDER BY 1, 3) WHERE "
+            f"true ON CONFLICT (h) DO UPDATE SET want = excluded.want WHERE excluded.want != "
+            f"{WANT_KEEP}"
+        )
+        for name in names:
+            self._sorted.execute(f"DROP TABLE {name}")
+        return merged
+
+    def _all_sorted(self) -> list[str]:
+        """Wait for the sorter, sort the last keys: the chunk tables of the whole run, in
+        input order (the caller holds the lock)."""
+        if self._unsorted or (not self._chunks and self._sorter is None):
+            (last,) = self._conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM seen").fetchone()
+            job = (self._handed, int(last))
+            self._handed, self._unsorted = int(last), 0
+            if self._sorter is not None:
+                self._jobs.put(job)
+            else:
+                self._sort_chunk(*job)
+        if self._sorter is not None:
+            self._jobs.put(None)
+            self._sorter.join()
+            self._sorter = None
+        if self._sort_error is not None:
+            raise self._sort_error
+        return [name for name, _ in self._chunks]
 
     def record_added(self, keys: list[str]) -> None:
         with self._lock:
@@ -184,35 +271,22 @@ class RunSet:
     def _sources(self) -> list[str]:
         """The sorted tables of the whole run (the caller holds the lock): its chunks; or,
         when a key's latest want may sit in another chunk than its first (some record said
-        `remove`), one table merged from them."""
-        if not self.any_absent or len(self._chunks) == 1:
-            return list(self._chunks)
-        self._conn.execute("BEGIN")
-        self._conn.execute("DROP TABLE IF EXISTS wanted")
-        self._conn.execute(
-            "CREATE TABLE wanted (h BLOB PRIMARY KEY, want INTEGER NOT NULL) WITHOUT ROWID"
-        )
-        self._conn.execute(
-            f"INSERT INTO wanted (h, want) SELECT h, want FROM ({self._merged()}) WHERE true "
-            f"ON CONFLICT (h) DO UPDATE SET want = excluded.want WHERE excluded.want != {WANT_KEEP}"
-        )
-        self._conn.execute("COMMIT")
-        return ["wanted"]
-
-    def _merged(self) -> str:
-        """SQL: every chunk's (h, want, chunk), in key order, then chunk order (a merge)."""
-        return (
-            " UNION ALL ".join(
-                f"SELECT h, want, {i} AS c FROM {name}" for i, name in enumerate(self._chunks)
-            )
-            + " ORDER BY 1, 3"
-        )
+        `remove`), the chunks merged into one."""
+        names = self._all_sorted()
+        if not self.any_absent or len(names) == 1:
+            return names
+        merged = self._merge(names)
+        self._chunks = [(merged, self._chunks[-1][1] + 1)]
+        return [merged]
 
     def _wanted(self) -> Iterator[tuple[bytes, int]]:
         """Each identifier once, in key order, with what the source finally wants for it:
         the latest valid record's action, or "keep" when only skipped records named it
         (the caller holds the lock)."""
-        cursor = self._conn.execute(f"SELECT h, want FROM ({self._merged()})")
+        arms = " UNION ALL ".join(
+            f"SELECT h, want, {i} AS c FROM {name}" for i, name in enumerate(self._all_sorted())
+        )
+        cursor = self._sorted.execute(f"SELECT h, want FROM ({arms} ORDER BY 1, 3)")
         key: bytes | None = None
         want = WANT_KEEP
         while True:
@@ -240,10 +314,9 @@ class RunSet:
         """
         members = snapshot.sqlite_members() if snapshot is not None else None
         with self._lock:
-            if self._unsorted or not self._chunks:
-                self._sort_chunk()
-            self._conn.execute("DELETE FROM adds")
-            self._conn.execute("DELETE FROM removals")
+            self._all_sorted()
+            self._sorted.execute("DELETE FROM adds")
+            self._sorted.execute("DELETE FROM removals")
             if members is None:
                 plan = self._plan_in_python(snapshot, snapshot_new=snapshot_new, streamed=streamed)
             else:
@@ -259,7 +332,7 @@ class RunSet:
         the difference computed by merges in SQL, never a Python loop over the members."""
         plan = Plan()
         sources = self._sources()
-        conn = self._conn
+        conn = self._sorted
 
         def keys(where: str, distinct: bool = False) -> str:
             arms = [f"SELECT h FROM {name} WHERE {where}" for name in sources]
@@ -318,7 +391,7 @@ class RunSet:
         plan = Plan()
         adds: list[tuple[bytes]] = []
         removals: list[tuple[bytes]] = []
-        insert = self._conn.executemany
+        insert = self._sorted.executemany
 
         def flush() -> None:
             insert("INSERT INTO adds VALUES (?)", adds)
@@ -327,10 +400,10 @@ class RunSet:
             removals.clear()
 
         run_rows = self._wanted()
-        self._conn.execute("BEGIN")
+        r = next(run_rows, None)  # sorted before the transaction begins
+        self._sorted.execute("BEGIN")
         snap_rows = _rows(snapshot.pages()) if snapshot is not None else iter(())
         s = next(snap_rows, None)
-        r = next(run_rows, None)
         while s is not None or r is not None:
             if r is None or (s is not None and s[0] < r[0]):
                 assert s is not None
@@ -362,11 +435,11 @@ class RunSet:
             if len(adds) + len(removals) >= PAGE_SIZE:
                 flush()
         flush()
-        self._conn.execute("COMMIT")
+        self._sorted.execute("COMMIT")
         return plan
 
     def _count(self, table: str) -> int:
-        return int(self._conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+        return int(self._sorted.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
     def seen_keys(self) -> Iterator[list[str]]:
         """Every identifier recorded, a row at a time (the early keeps: a set made with
@@ -388,8 +461,8 @@ class RunSet:
         decode = self.codec.decode
         last = 0
         while True:
-            with self._lock:  # request threads record confirmed adds meanwhile
-                rows = self._conn.execute(
+            with self._lock:
+                rows = self._sorted.execute(
                     f"SELECT rowid, h FROM {table} WHERE rowid > ? ORDER BY rowid LIMIT ?",
                     (last, size),
                 ).fetchall()
@@ -399,9 +472,22 @@ class RunSet:
             yield [decode(row[1]) for row in rows]
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._conn.close()
+        sorter = self._sorter
+        if sorter is not None:
+            self._sort_error = self._sort_error or RuntimeError("closed")  # skip the rest
+            with contextlib.suppress(Exception):
+                self._sorted.interrupt()
+            self._jobs.put(None)
+            sorter.join(timeout=10)
+        for conn in (self._conn, self._sorted):
+            with contextlib.suppress(Exception):
+                conn.close()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """A run set's SQLite file (opened with URIs: a snapshot is attached read-only)."""
+    return sqlite3.connect(_file_uri(path), uri=True, check_same_thread=False, isolation_level=None)
 
 
 def _file_uri(path: Path) -> str:
