@@ -192,7 +192,10 @@ class KeyCodec:
     def change_rows(self, keys: Sequence[str]) -> list[tuple[int, bytes]]:
         """Keys as change-log rows (width, packed keys): CHANGE_ROW_KEYS keys of one width
         end to end per row; width 0 holds one key of any length (an external id)."""
-        encoded = self.encode_all(keys)
+        return self.rows_of(self.encode_all(keys))
+
+    def rows_of(self, encoded: tuple[int, bytes] | list[bytes]) -> list[tuple[int, bytes]]:
+        """Change-log rows of keys already encoded (encode_all): see change_rows."""
         if isinstance(encoded, tuple):
             width, blob = encoded
             step = width * CHANGE_ROW_KEYS

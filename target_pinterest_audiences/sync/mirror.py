@@ -56,6 +56,8 @@ CHUNK_KEYS = 250_000
 #: Chunks of one tier merged into one of the next (a few large chunks to merge at the end,
 #: each key rewritten about log4(keys / CHUNK_KEYS) times while the input is read).
 CHUNK_FANOUT = 4
+#: Chunks handed to the sorter thread and not sorted yet, at most.
+SORT_QUEUE = 4
 
 
 @dataclass
@@ -89,37 +91,42 @@ class RunSet:
         self.codec = codec
         _remove_orphans()
         self._dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-")
-        run_path = Path(self._dir) / "run.sqlite"
-        self._conn = _connect(run_path)
-        # WAL: the sorter reads the appended keys while the writer thread appends more.
-        for pragma in ("journal_mode=WAL", "synchronous=OFF", "cache_size=-4000"):
+        self._conn = _connect(Path(self._dir) / "run.sqlite")
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-4000"):
             self._conn.execute(f"PRAGMA {pragma}")
         # A batch's keys are packed, CHANGE_ROW_KEYS of one width per row (as in the
         # snapshot's change log), one row per want: a batch names each identifier once.
+        # `seen` holds the keys in input order (a set made with chunks=False; see put).
         self._conn.execute(
             "CREATE TABLE seen (want INTEGER NOT NULL, width INTEGER NOT NULL, keys BLOB NOT NULL)"
         )
         #: Every identifier an ADD of this run confirmed (once or more): counted at the end.
         self._conn.execute("CREATE TABLE added (width INTEGER NOT NULL, keys BLOB NOT NULL)")
         self._lock = threading.Lock()  # the writer's request threads record what they added
-        # The sorted side: chunk tables, then the plan's adds and removals. Its connection
-        # belongs to the sorter thread until the plan waits for that to end.
+        # The sorted side, a file of its own: chunk tables, then the plan's adds and
+        # removals. Its connection belongs to the sorter thread until the plan waits for it.
         self._sorted = _connect(Path(self._dir) / "sorted.sqlite")
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-4000"):
             self._sorted.execute(f"PRAGMA {pragma}")
-        self._sorted.execute("ATTACH ? AS run", (_file_uri(run_path),))
+        self._sorted.execute(
+            "CREATE TABLE stage (want INTEGER NOT NULL, width INTEGER NOT NULL, keys BLOB NOT NULL)"
+        )
         self._sorted.execute("CREATE TABLE adds (h BLOB NOT NULL)")
         self._sorted.execute("CREATE TABLE removals (h BLOB NOT NULL)")
         #: Whether keys are sorted into chunk tables as they come (the early keeps, read
         #: back in input order by seen_keys, are not).
         self._chunked = chunks
         #: The sorted chunk tables, in input order, with their tier (CHUNK_FANOUT ** tier
-        #: chunks merged into one); the rowid of `seen` up to which keys were handed over.
+        #: chunks merged into one).
         self._chunks: list[tuple[str, int]] = []
         self._made = 0
-        self._handed = 0
+        #: The keys not handed to the sorter yet, as encoded, in input order, and how many.
+        self._pending: list[tuple[int, tuple[int, bytes] | list[bytes]]] = []
         self._unsorted = 0
-        self._jobs: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        # Bounded: a sorter that falls behind holds the writer thread up, never memory.
+        self._jobs: queue.Queue[list[tuple[int, tuple[int, bytes] | list[bytes]]] | None] = (
+            queue.Queue(maxsize=SORT_QUEUE)
+        )
         self._sorter: threading.Thread | None = None
         self._sort_error: BaseException | None = None
         #: Whether any batch said `remove`, or named a skipped record's identifiers: without
@@ -127,57 +134,69 @@ class RunSet:
         self.any_absent = False
         self.any_keep = False
 
-    def _insert(self, table: str, want: int | None, keys: list[str]) -> None:
-        """Append keys as packed rows; one statement for a batch of SHA-256 digests (a
-        statement per row would hand Python's lock to and fro with the reading thread)."""
-        encoded = self.codec.encode_all(keys)
+    def _insert(
+        self,
+        conn: sqlite3.Connection,
+        table: str,
+        want: int | None,
+        encoded: tuple[int, bytes] | list[bytes],
+    ) -> None:
+        """Append encoded keys (KeyCodec.encode_all) as packed rows; one statement for a
+        batch of SHA-256 digests (a statement per row would hand Python's lock to and fro
+        with the reading thread)."""
         columns = "want, width, keys" if want is not None else "width, keys"
         values = f"{int(want)}, " if want is not None else ""
         if isinstance(encoded, tuple):
             width, blob = encoded
             step = width * CHANGE_ROW_KEYS
-            self._conn.execute(
+            conn.execute(
                 "WITH RECURSIVE pos (n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM pos WHERE "
                 f"n + 1 < ?) INSERT INTO {table} ({columns}) SELECT {values}?, "
                 "substr(?, 1 + ? * n, ?) FROM pos",
                 (-(-len(blob) // step), width, blob, step, step),
             )
             return
-        self._conn.executemany(
-            f"INSERT INTO {table} ({columns}) VALUES ({values}?, ?)", self.codec.change_rows(keys)
+        conn.executemany(
+            f"INSERT INTO {table} ({columns}) VALUES ({values}?, ?)",
+            self.codec.rows_of(encoded),
         )
 
     def put(self, adds: list[str], removes: list[str], keeps: list[str]) -> None:
         """Record one batch of identifiers (as sent: hex digests or external ids), in input
         order: what it adds, removes and keeps (each identifier in one of the three)."""
+        groups = [
+            (want, self.codec.encode_all(keys))
+            for want, keys in ((WANT_MEMBER, adds), (WANT_ABSENT, removes), (WANT_KEEP, keeps))
+            if keys
+        ]
         with self._lock:
-            self._conn.execute("BEGIN")
-            for want, keys in ((WANT_MEMBER, adds), (WANT_ABSENT, removes), (WANT_KEEP, keeps)):
-                if keys:
-                    self._insert("seen", want, keys)
-            self._conn.execute("COMMIT")
             self.any_absent = self.any_absent or bool(removes)
             self.any_keep = self.any_keep or bool(keeps)
+            if not self._chunked:
+                self._conn.execute("BEGIN")
+                for want, encoded in groups:
+                    self._insert(self._conn, "seen", want, encoded)
+                self._conn.execute("COMMIT")
+                return
+            self._pending.extend(groups)
             self._unsorted += len(adds) + len(removes) + len(keeps)
-            if self._chunked and self._unsorted >= CHUNK_KEYS:
+            if self._unsorted >= CHUNK_KEYS:
                 self._hand_over()
 
     def _hand_over(self) -> None:
-        """The keys appended since the last hand-over go to the sorter (the caller holds
-        the lock)."""
-        (last,) = self._conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM seen").fetchone()
+        """The pending keys go to the sorter thread (the caller holds the lock)."""
         if self._sorter is None:
             self._sorter = threading.Thread(
                 target=self._sort_jobs, name="pinterest-mirror-sort", daemon=True
             )
             self._sorter.start()
-        self._jobs.put((self._handed, int(last)))
-        self._handed = int(last)
+        self._jobs.put(self._pending)
+        self._pending = []
         self._unsorted = 0
 
     def _sort_jobs(self) -> None:
-        """The sorter thread: each range of `seen` becomes a chunk; an error waits for the
-        plan, which raises it."""
+        """The sorter thread: each job becomes a chunk; an error waits for the plan, which
+        raises it."""
         while True:
             job = self._jobs.get()
             if job is None:
@@ -185,23 +204,28 @@ class RunSet:
             if self._sort_error is not None:
                 continue
             try:
-                self._sort_chunk(*job)
+                self._sort_chunk(job)
             except BaseException as exc:  # raised again by the plan, in the writer thread
                 self._sort_error = exc
 
-    def _sort_chunk(self, after: int, last: int) -> None:
-        """Rows `after` < rowid <= `last` of `seen` become a chunk table: each key once, in
-        key order, with what its latest record there wants; then every CHUNK_FANOUT chunks
-        of one tier are merged into one of the next."""
+    def _sort_chunk(self, groups: list[tuple[int, tuple[int, bytes] | list[bytes]]]) -> None:
+        """Keys (in input order) become a chunk table: each key once, in key order, with
+        what its latest record there wants; then every CHUNK_FANOUT chunks of one tier are
+        merged into one of the next."""
+        conn = self._sorted
+        conn.execute("BEGIN")
+        for want, encoded in groups:
+            self._insert(conn, "stage", want, encoded)
         name = self._new_table()
         # Rows go in key order, then input order: the first inserts, a later one replaces
         # it unless it only keeps (a skipped record changes nothing a valid one said).
-        self._sorted.execute(
+        conn.execute(
             f"WITH {ROW_POSITIONS_SQL} INSERT INTO {name} (h, want) SELECT {ROW_KEY_SQL} AS k, "
-            f"want FROM run.seen CROSS JOIN nums WHERE seen.rowid > {int(after)} AND "
-            f"seen.rowid <= {int(last)} AND n < {ROW_SIZE_SQL} ORDER BY k, seen.rowid "
+            f"want FROM stage CROSS JOIN nums WHERE n < {ROW_SIZE_SQL} ORDER BY k, stage.rowid "
             f"ON CONFLICT (h) DO UPDATE SET want = excluded.want WHERE excluded.want != {WANT_KEEP}"
         )
+        conn.execute("DELETE FROM stage")
+        conn.execute("COMMIT")
         self._chunks.append((name, 0))
         while len(self._chunks) >= CHUNK_FANOUT and (
             len({tier for _, tier in self._chunks[-CHUNK_FANOUT:]}) == 1
@@ -236,14 +260,12 @@ class RunSet:
     def _all_sorted(self) -> list[str]:
         """Wait for the sorter, sort the last keys: the chunk tables of the whole run, in
         input order (the caller holds the lock)."""
-        if self._unsorted or (not self._chunks and self._sorter is None):
-            (last,) = self._conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM seen").fetchone()
-            job = (self._handed, int(last))
-            self._handed, self._unsorted = int(last), 0
+        if self._pending or (not self._chunks and self._sorter is None):
             if self._sorter is not None:
-                self._jobs.put(job)
+                self._hand_over()
             else:
-                self._sort_chunk(*job)
+                self._sort_chunk(self._pending)
+                self._pending, self._unsorted = [], 0
         if self._sorter is not None:
             self._jobs.put(None)
             self._sorter.join()
@@ -253,9 +275,10 @@ class RunSet:
         return [name for name, _ in self._chunks]
 
     def record_added(self, keys: list[str]) -> None:
+        encoded = self.codec.encode_all(keys)
         with self._lock:
             self._conn.execute("BEGIN")
-            self._insert("added", None, keys)
+            self._insert(self._conn, "added", None, encoded)
             self._conn.execute("COMMIT")
 
     def distinct_added(self) -> int:
@@ -477,7 +500,8 @@ class RunSet:
             self._sort_error = self._sort_error or RuntimeError("closed")  # skip the rest
             with contextlib.suppress(Exception):
                 self._sorted.interrupt()
-            self._jobs.put(None)
+            with contextlib.suppress(queue.Full):
+                self._jobs.put(None, timeout=10)
             sorter.join(timeout=10)
         for conn in (self._conn, self._sorted):
             with contextlib.suppress(Exception):
