@@ -92,6 +92,7 @@ def test_the_plan_follows_the_latest_record_across_chunks_and_tiers(
     assert plan.members_in_source == len(MEMBERS)
     assert plan.unchanged == len(MEMBERS & set(CONFIRMED))
     assert plan.removals_of_members == 2
+    assert plan.confirmed == len(CONFIRMED)  # the removal cap's "confirmed members at open"
 
 
 @pytest.mark.parametrize("chunk_keys", [1000, 2])
@@ -131,7 +132,7 @@ def test_without_removes_or_keeps_every_key_of_every_chunk_is_a_member(
     assert adds == [key(10), key(30), key(31)]
     assert removals == sorted({key(i) for i in range(3, 10)} | {key(11)})
     assert plan.members_in_source == 6 and plan.unchanged == 3
-    assert plan.removals_of_members == 7
+    assert plan.removals_of_members == 7 and plan.confirmed == len(CONFIRMED)
 
 
 def test_a_sorter_failure_fails_the_plan(snapshot, monkeypatch):

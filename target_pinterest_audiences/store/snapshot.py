@@ -796,6 +796,25 @@ class Snapshot:
             #: Members in the members table after the latest merge (when to merge again).
             self._merged_members = 0
 
+    def unreadable(self, exc: Exception) -> SnapshotError:
+        """The error of a damaged snapshot file (found by a reader on another connection),
+        naming the file and what to do."""
+        return SnapshotError(_unreadable(self._path, exc) if self._path else str(exc))
+
+    def holds_confirmed(self) -> bool:
+        """Whether any identifier is a confirmed member now (the change log merged first):
+        one row read, not a count (a mirror run asks before its first write)."""
+        if self._key < 0:
+            return False
+        with self._lock, self._named():
+            if self._unmerged:
+                self._compact()
+            row = self._one(
+                f"SELECT 1 FROM {_MEMBERS} WHERE list_key = ? AND confirmed = 1 LIMIT 1",
+                (self._key,),
+            )
+        return row is not None
+
     @property
     def members_at_open(self) -> int:
         """Confirmed members when this run opened the snapshot, before its writes: the

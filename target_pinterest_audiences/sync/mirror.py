@@ -71,6 +71,8 @@ class Plan:
     removals: int = 0
     #: Removals of identifiers that were confirmed members before this run (the cap's count).
     removals_of_members: int = 0
+    #: Confirmed members of the snapshot the plan was made from.
+    confirmed: int = 0
 
 
 class RunSet:
@@ -343,7 +345,12 @@ class RunSet:
             if members is None:
                 plan = self._plan_in_python(snapshot, snapshot_new=snapshot_new, streamed=streamed)
             else:
-                plan = self._plan_in_sql(*members, snapshot_new=snapshot_new, streamed=streamed)
+                try:
+                    plan = self._plan_in_sql(*members, snapshot_new=snapshot_new, streamed=streamed)
+                except sqlite3.DatabaseError as exc:
+                    if snapshot is not None and self._snapshot_damaged(members[0]):
+                        raise snapshot.unreadable(exc) from None
+                    raise
             plan.adds = self._count("adds")
             plan.removals = self._count("removals")
         return plan
@@ -385,6 +392,10 @@ class RunSet:
                 f"SELECT COUNT(*) FROM removals WHERE EXISTS ({snap} AND confirmed = 1 AND "
                 "h = removals.h)"
             ).fetchone()
+            (plan.confirmed,) = conn.execute(
+                f"SELECT COUNT(*) FROM snap.{table} WHERE list_key = {int(list_key)} "
+                "AND confirmed = 1"
+            ).fetchone()
             if self.any_absent or self.any_keep:
                 (plan.members_in_source,) = conn.execute(
                     f"SELECT COUNT(*) FROM ({keys(f'want = {WANT_MEMBER}', distinct=True)})"
@@ -392,11 +403,7 @@ class RunSet:
             else:
                 # Every identifier of the run is a member: those the snapshot confirms are
                 # its confirmed members less the ones removed.
-                (confirmed,) = conn.execute(
-                    f"SELECT COUNT(*) FROM snap.{table} WHERE list_key = {int(list_key)} "
-                    "AND confirmed = 1"
-                ).fetchone()
-                plan.members_in_source = self._count("adds") + confirmed - removals_of_members
+                plan.members_in_source = self._count("adds") + plan.confirmed - removals_of_members
         finally:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -405,6 +412,21 @@ class RunSet:
             plan.removals_of_members = removals_of_members
             plan.unchanged = plan.members_in_source - self._count("adds")
         return plan
+
+    def _snapshot_damaged(self, path: Path) -> bool:
+        """After an error of the plan's SQL: whether the snapshot file is what is damaged
+        (not the run set's own files), to name it in the error."""
+        conn = self._sorted
+        try:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("DETACH snap")
+            conn.execute("ATTACH ? AS snap", (_file_uri(path) + "?mode=ro",))
+            try:
+                return [row[0] for row in conn.execute("PRAGMA snap.quick_check(1)")] != ["ok"]
+            finally:
+                conn.execute("DETACH snap")
+        except sqlite3.Error:
+            return True
 
     def _plan_in_python(
         self, snapshot: Snapshot | None, *, snapshot_new: bool, streamed: bool
@@ -433,6 +455,7 @@ class RunSet:
                 # In the snapshot, never seen in this run: the source no longer holds it.
                 removals.append((s[0],))
                 plan.removals_of_members += s[1] and not streamed
+                plan.confirmed += s[1]
                 s = next(snap_rows, None)
             elif s is None or r[0] < s[0]:
                 # Seen in this run, unknown to the snapshot.
@@ -444,6 +467,7 @@ class RunSet:
                 r = next(run_rows, None)
             else:
                 key, confirmed = s
+                plan.confirmed += confirmed
                 if r[1] == WANT_MEMBER:
                     plan.members_in_source += 1
                     if confirmed:
@@ -586,7 +610,9 @@ class MirrorSync:
             else:
                 return None
             self.runset = RunSet(codec)
-            self.streaming = snapshot is None or snapshot.members_at_open == 0
+            # One row read: a full count here would hold the pipeline up at its start (the
+            # count the removal cap needs comes with the plan: nothing is written before).
+            self.streaming = snapshot is None or not snapshot.holds_confirmed()
             if self._early_keeps is not None:
                 early, self._early_keeps = self._early_keeps, None
                 for chunk in early.seen_keys():
@@ -647,10 +673,12 @@ class MirrorSync:
         self.phase = "input read, comparing with the snapshot"
         snapshot_new = snapshot is None or not snapshot.existed
         report.snapshot = "new" if snapshot_new else "existing"
-        at_open = snapshot.members_at_open if snapshot is not None else 0
         plan = runset.plan(snapshot, snapshot_new=snapshot_new, streamed=bool(self.streaming))
         report.members_in_source = plan.members_in_source
         report.unchanged = plan.unchanged
+        # Confirmed members before this run's writes: none when it streamed its adds (it
+        # had none), else those of the plan (the run wrote nothing before it).
+        at_open = 0 if self.streaming else plan.confirmed
         reason = self._cap_reason(plan, at_open)
         if writer.list_id is None and not plan.adds and plan.removals:
             # No list exists and no member creates one (a new segment whose records all say
