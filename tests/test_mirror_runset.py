@@ -147,3 +147,45 @@ def test_a_sorter_failure_fails_the_plan(snapshot, monkeypatch):
             runset.plan(snapshot, snapshot_new=False, streamed=False)
     finally:
         runset.close()
+
+
+def test_a_merge_of_chunks_stopped_when_the_input_ends_loses_nothing(snapshot, monkeypatch):
+    """Once the input is read, the plan would wait for a merge of chunks in progress; the
+    merge stops half-way instead, and the plan merges the whole chunks itself."""
+
+    class StopsMidway:
+        """Not set when a merge starts, set by its first look during the SQL."""
+
+        def __init__(self) -> None:
+            self.looks = 0
+
+        def is_set(self) -> bool:
+            self.looks += 1
+            return self.looks > 1
+
+        def set(self) -> None:
+            pass
+
+    monkeypatch.setattr(mirror, "CHUNK_KEYS", 2)
+    monkeypatch.setattr(mirror, "CHUNK_FANOUT", 2)
+    monkeypatch.setattr(mirror, "PROGRESS_STEPS", 1)
+    runset = RunSet(snapshot.codec)
+    stop = StopsMidway()
+    runset._finishing = stop  # type: ignore[assignment]
+    try:
+        runset.put(*BATCHES[0])  # one chunk: no merge yet
+        runset.put(*BATCHES[1])  # a second chunk: their merge starts, and stops
+        runset._all_sorted()
+        assert stop.looks >= 2
+        assert [tier for _, tier in runset._chunks] == [0, 0]  # both kept whole
+        for batch in BATCHES[2:]:
+            runset.put(*batch)
+        runset._finishing = mirror.threading.Event()
+        plan = runset.plan(snapshot, snapshot_new=False, streamed=False)
+        adds = [k for chunk in runset.planned("adds", 1000) for k in chunk]
+        removals = [k for chunk in runset.planned("removals", 1000) for k in chunk]
+    finally:
+        runset.close()
+    assert adds == sorted(MEMBERS - set(CONFIRMED))
+    assert removals == sorted({key(8), key(9), key(11)})
+    assert plan.members_in_source == len(MEMBERS)

@@ -28,6 +28,7 @@ import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 from target_pinterest_audiences.store.snapshot import (
     CHANGE_ROW_KEYS,
@@ -58,6 +59,8 @@ CHUNK_KEYS = 250_000
 CHUNK_FANOUT = 4
 #: Chunks handed to the sorter thread and not sorted yet, at most.
 SORT_QUEUE = 4
+#: SQLite virtual-machine steps between two looks at whether a merge must stop (~10 ms).
+PROGRESS_STEPS = 1_000_000
 
 
 @dataclass
@@ -73,6 +76,12 @@ class Plan:
     removals_of_members: int = 0
     #: Confirmed members of the snapshot the plan was made from.
     confirmed: int = 0
+
+
+#: Keys of a run set as handed to its sorter: (want, KeyCodec.encode_all of the keys).
+_Groups = list[tuple[int, tuple[int, bytes] | list[bytes]]]
+#: A sorter's job: keys in input order, and whether chunks may be merged after it.
+_Job = tuple[_Groups, bool]
 
 
 class RunSet:
@@ -123,13 +132,13 @@ class RunSet:
         self._chunks: list[tuple[str, int]] = []
         self._made = 0
         #: The keys not handed to the sorter yet, as encoded, in input order, and how many.
-        self._pending: list[tuple[int, tuple[int, bytes] | list[bytes]]] = []
+        self._pending: _Groups = []
         self._unsorted = 0
         # Bounded: a sorter that falls behind holds the writer thread up, never memory.
-        self._jobs: queue.Queue[list[tuple[int, tuple[int, bytes] | list[bytes]]] | None] = (
-            queue.Queue(maxsize=SORT_QUEUE)
-        )
+        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=SORT_QUEUE)
         self._sorter: threading.Thread | None = None
+        #: Set once the input is read: a merge of chunks in progress is given up.
+        self._finishing = threading.Event()
         self._sort_error: BaseException | None = None
         #: Whether any batch said `remove`, or named a skipped record's identifiers: without
         #: either, every identifier of the run is a member, whichever chunk names it.
@@ -185,14 +194,15 @@ class RunSet:
             if self._unsorted >= CHUNK_KEYS:
                 self._hand_over()
 
-    def _hand_over(self) -> None:
-        """The pending keys go to the sorter thread (the caller holds the lock)."""
+    def _hand_over(self, *, last: bool = False) -> None:
+        """The pending keys go to the sorter thread (the caller holds the lock); `last`:
+        the input is read, no merge of chunks is worth it any more."""
         if self._sorter is None:
             self._sorter = threading.Thread(
                 target=self._sort_jobs, name="pinterest-mirror-sort", daemon=True
             )
             self._sorter.start()
-        self._jobs.put(self._pending)
+        self._jobs.put((self._pending, not last))
         self._pending = []
         self._unsorted = 0
 
@@ -206,14 +216,14 @@ class RunSet:
             if self._sort_error is not None:
                 continue
             try:
-                self._sort_chunk(job)
+                self._sort_chunk(*job)
             except BaseException as exc:  # raised again by the plan, in the writer thread
                 self._sort_error = exc
 
-    def _sort_chunk(self, groups: list[tuple[int, tuple[int, bytes] | list[bytes]]]) -> None:
+    def _sort_chunk(self, groups: _Groups, tiers: bool) -> None:
         """Keys (in input order) become a chunk table: each key once, in key order, with
-        what its latest record there wants; then every CHUNK_FANOUT chunks of one tier are
-        merged into one of the next."""
+        what its latest record there wants; then (`tiers`) every CHUNK_FANOUT chunks of
+        one tier are merged into one of the next."""
         conn = self._sorted
         conn.execute("BEGIN")
         for want, encoded in groups:
@@ -229,11 +239,15 @@ class RunSet:
         conn.execute("DELETE FROM stage")
         conn.execute("COMMIT")
         self._chunks.append((name, 0))
-        while len(self._chunks) >= CHUNK_FANOUT and (
-            len({tier for _, tier in self._chunks[-CHUNK_FANOUT:]}) == 1
+        while (
+            tiers
+            and len(self._chunks) >= CHUNK_FANOUT
+            and (len({tier for _, tier in self._chunks[-CHUNK_FANOUT:]}) == 1)
         ):
             tier = self._chunks[-1][1]
-            merged = self._merge([name for name, _ in self._chunks[-CHUNK_FANOUT:]])
+            merged = self._merge([name for name, _ in self._chunks[-CHUNK_FANOUT:]], abort=True)
+            if merged is None:
+                return  # the input is read: the plan merges them anyway
             del self._chunks[-CHUNK_FANOUT:]
             self._chunks.append((merged, tier + 1))
 
@@ -245,16 +259,39 @@ class RunSet:
         )
         return name
 
-    def _merge(self, names: list[str]) -> str:
+    @overload
+    def _merge(self, names: list[str]) -> str: ...
+    @overload
+    def _merge(self, names: list[str], *, abort: bool) -> str | None: ...
+
+    def _merge(self, names: list[str], *, abort: bool = False) -> str | None:
         """Chunks (consecutive, in input order) merged into one table, then dropped: each
-        key once, with the want its latest chunk gives it (a merge of ordered tables)."""
+        key once, with the want its latest chunk gives it (a merge of ordered tables).
+
+        `abort`: a merge to save the plan work, given up (None, the chunks kept) once the
+        input is read, for the plan would wait for it."""
+        if abort and self._finishing.is_set():
+            return None
         merged = self._new_table()
         arms = " UNION ALL ".join(f"SELECT h, want, {i} AS c FROM {n}" for i, n in enumerate(names))
-        self._sorted.execute(
-            f"INSERT INTO {merged} (h, want) SELECT h, want FROM ({arms} ORDER BY 1, 3) WHERE "
-            f"true ON CONFLICT (h) DO UPDATE SET want = excluded.want WHERE excluded.want != "
-            f"{WANT_KEEP}"
-        )
+        if abort:
+            # Asked every ~10 ms of SQL: a non-zero answer stops the statement.
+            self._sorted.set_progress_handler(self._finishing.is_set, PROGRESS_STEPS)
+        try:
+            try:
+                self._sorted.execute(
+                    f"INSERT INTO {merged} (h, want) SELECT h, want FROM ({arms} ORDER BY 1, 3) "
+                    f"WHERE true ON CONFLICT (h) DO UPDATE SET want = excluded.want WHERE "
+                    f"excluded.want != {WANT_KEEP}"
+                )
+            finally:
+                if abort:
+                    self._sorted.set_progress_handler(None, 0)
+        except sqlite3.OperationalError:
+            if not (abort and self._finishing.is_set()):
+                raise
+            self._sorted.execute(f"DROP TABLE {merged}")  # half made; the chunks are whole
+            return None
         for name in names:
             self._sorted.execute(f"DROP TABLE {name}")
         return merged
@@ -262,11 +299,12 @@ class RunSet:
     def _all_sorted(self) -> list[str]:
         """Wait for the sorter, sort the last keys: the chunk tables of the whole run, in
         input order (the caller holds the lock)."""
+        self._finishing.set()
         if self._pending or (not self._chunks and self._sorter is None):
             if self._sorter is not None:
-                self._hand_over()
+                self._hand_over(last=True)
             else:
-                self._sort_chunk(self._pending)
+                self._sort_chunk(self._pending, False)
                 self._pending, self._unsorted = [], 0
         if self._sorter is not None:
             self._jobs.put(None)
