@@ -397,13 +397,17 @@ class RunSet:
         self, path: Path, table: str, list_key: int, *, snapshot_new: bool, streamed: bool
     ) -> Plan:
         """The plan of a SQLite snapshot: its file attached (read-only) to the run set, and
-        the difference computed by merges in SQL, never a Python loop over the members."""
+        the difference computed by merges in SQL, never a Python loop over the members.
+
+        The adds and the removals are two merges of the whole run with the whole snapshot:
+        they run at once, on two connections (the input is read, both cores are free),
+        each writing a file of its own and only reading the chunks and the snapshot."""
         plan = Plan()
         sources = self._sources()
-        conn = self._sorted
+        snapshot_uri = _file_uri(path) + "?mode=ro"
 
-        def keys(where: str, distinct: bool = False) -> str:
-            arms = [f"SELECT h FROM {name} WHERE {where}" for name in sources]
+        def keys(where: str, *, schema: str = "", distinct: bool = False) -> str:
+            arms = [f"SELECT h FROM {schema}{name} WHERE {where}" for name in sources]
             if len(arms) == 1:
                 return arms[0]
             union = " UNION " if distinct else " UNION ALL "
@@ -411,21 +415,38 @@ class RunSet:
 
         # Two integers of ours, inlined.
         snap = f"SELECT h FROM snap.{table} WHERE list_key = {int(list_key)}"
-        conn.execute("ATTACH ? AS snap", (_file_uri(path) + "?mode=ro",))
+        absent = ""
+        if snapshot_new and self.any_absent:
+            absent = f" UNION {keys(f'want = {WANT_ABSENT}', schema='s.')}"
+        merges = {
+            "adds": f"{keys(f'want = {WANT_MEMBER}', schema='s.')} EXCEPT {snap} AND "
+            "confirmed = 1 ORDER BY 1",
+            "removals": f"{snap} EXCEPT {keys(f'want != {WANT_ABSENT}', schema='s.')}{absent} "
+            "ORDER BY 1",
+        }
+        errors: list[BaseException] = []
+
+        def merge(name: str) -> None:
+            try:
+                self._merge_into_file(name, merges[name], snapshot_uri)
+            except BaseException as exc:  # raised below, in the writer thread
+                errors.append(exc)
+
+        helper = threading.Thread(target=merge, args=("removals",), name="pinterest-mirror-plan")
+        helper.start()
+        merge("adds")
+        helper.join()
+        if errors:
+            raise errors[0]
+        conn = self._sorted
+        for name in merges:
+            conn.execute("ATTACH ? AS result", (_file_uri(Path(self._dir) / f"{name}.sqlite"),))
+            try:
+                conn.execute(f"INSERT INTO {name} (h) SELECT h FROM result.{name} ORDER BY rowid")
+            finally:
+                conn.execute("DETACH result")
+        conn.execute("ATTACH ? AS snap", (snapshot_uri,))
         try:
-            conn.execute("BEGIN")
-            conn.execute(
-                f"INSERT INTO adds (h) {keys(f'want = {WANT_MEMBER}')} "
-                f"EXCEPT {snap} AND confirmed = 1 ORDER BY 1"
-            )
-            absent = ""
-            if snapshot_new and self.any_absent:
-                absent = f" UNION {keys(f'want = {WANT_ABSENT}')}"
-            conn.execute(
-                f"INSERT INTO removals (h) {snap} EXCEPT {keys(f'want != {WANT_ABSENT}')}"
-                f"{absent} ORDER BY 1"
-            )
-            conn.execute("COMMIT")
             (removals_of_members,) = conn.execute(
                 f"SELECT COUNT(*) FROM removals WHERE EXISTS ({snap} AND confirmed = 1 AND "
                 "h = removals.h)"
@@ -443,13 +464,26 @@ class RunSet:
                 # its confirmed members less the ones removed.
                 plan.members_in_source = self._count("adds") + plan.confirmed - removals_of_members
         finally:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
             conn.execute("DETACH snap")
         if not streamed:
             plan.removals_of_members = removals_of_members
             plan.unchanged = plan.members_in_source - self._count("adds")
         return plan
+
+    def _merge_into_file(self, name: str, select: str, snapshot_uri: str) -> None:
+        """One merge of the plan, on a connection of its own: its rows into a table `name`
+        of a file `name`.sqlite; the chunks are read as `s`, the snapshot as `snap`."""
+        conn = _connect(Path(self._dir) / f"{name}.sqlite")
+        try:
+            for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-4000"):
+                conn.execute(f"PRAGMA {pragma}")
+            conn.execute(f"DROP TABLE IF EXISTS {name}")
+            conn.execute(f"CREATE TABLE {name} (h BLOB NOT NULL)")
+            conn.execute("ATTACH ? AS s", (_file_uri(Path(self._dir) / "sorted.sqlite"),))
+            conn.execute("ATTACH ? AS snap", (snapshot_uri,))
+            conn.execute(f"INSERT INTO main.{name} (h) {select}")
+        finally:
+            conn.close()
 
     def _snapshot_damaged(self, path: Path) -> bool:
         """After an error of the plan's SQL: whether the snapshot file is what is damaged
