@@ -189,3 +189,19 @@ def test_a_merge_of_chunks_stopped_when_the_input_ends_loses_nothing(snapshot, m
     assert adds == sorted(MEMBERS - set(CONFIRMED))
     assert removals == sorted({key(8), key(9), key(11)})
     assert plan.members_in_source == len(MEMBERS)
+
+
+def test_an_identifier_added_twice_counts_once(tmp_path):
+    """A member named in far-apart batches of a first run may be sent twice (ADD is
+    idempotent): the report counts identifiers, not sends."""
+    from target_pinterest_audiences.store.snapshot import KeyCodec
+
+    runset = RunSet(KeyCodec("EMAIL"))
+    try:
+        runset.record_added([key(i) for i in range(40)])
+        runset.record_added([key(i) for i in range(30, 50)])
+        runset.record_added([key(7)])
+        assert runset.distinct_added() == 50
+        assert runset.distinct_added() == 50  # asked again: the same
+    finally:
+        runset.close()

@@ -323,12 +323,20 @@ class RunSet:
 
     def distinct_added(self) -> int:
         """How many distinct identifiers this run added (a member named in far-apart
-        batches of a first run may have been sent twice: ADD is idempotent)."""
+        batches of a first run may have been sent twice: ADD is idempotent).
+
+        Sorted into a keyed table, then counted: COUNT(DISTINCT) would insert each key
+        into a temporary B-tree in the log's order, about four times slower."""
         with self._lock:
-            row = self._conn.execute(
-                f"WITH {ROW_POSITIONS_SQL} SELECT COUNT(DISTINCT {ROW_KEY_SQL}) FROM added "
-                f"CROSS JOIN nums WHERE n < {ROW_SIZE_SQL}"
-            ).fetchone()
+            self._conn.execute("DROP TABLE IF EXISTS added_keys")
+            self._conn.execute("CREATE TABLE added_keys (h BLOB PRIMARY KEY) WITHOUT ROWID")
+            self._conn.execute(
+                f"WITH {ROW_POSITIONS_SQL} INSERT OR IGNORE INTO added_keys (h) SELECT "
+                f"{ROW_KEY_SQL} AS k FROM added CROSS JOIN nums WHERE n < {ROW_SIZE_SQL} "
+                "ORDER BY k"
+            )
+            row = self._conn.execute("SELECT COUNT(*) FROM added_keys").fetchone()
+            self._conn.execute("DROP TABLE added_keys")
             return int(row[0])
 
     def _sources(self) -> list[str]:
