@@ -57,8 +57,8 @@ CHUNK_KEYS = 250_000
 #: Chunks of one tier merged into one of the next (a few large chunks to merge at the end,
 #: each key rewritten about log4(keys / CHUNK_KEYS) times while the input is read).
 CHUNK_FANOUT = 4
-#: Chunks handed to the sorter thread and not sorted yet, at most.
-SORT_QUEUE = 4
+#: Stage files handed to the sorter thread and not sorted yet, at most.
+SORT_QUEUE = 8
 #: SQLite virtual-machine steps between two looks at whether a merge must stop (~10 ms).
 PROGRESS_STEPS = 1_000_000
 
@@ -78,24 +78,24 @@ class Plan:
     confirmed: int = 0
 
 
-#: Keys of a run set as handed to its sorter: (want, KeyCodec.encode_all of the keys).
-_Groups = list[tuple[int, tuple[int, bytes] | list[bytes]]]
-#: A sorter's job: keys in input order, and whether chunks may be merged after it.
-_Job = tuple[_Groups, bool]
+#: A sorter's job: a stage file of keys in input order, and whether chunks may be merged
+#: after it.
+_Job = tuple[Path, bool]
 
 
 class RunSet:
     """Every identifier this run has seen and what the source wants for it, on disk;
     deleted when the run ends.
 
-    The keys go in as they come (appending costs the same whatever the size; a keyed table
-    would pay a random B-tree write per identifier). Every CHUNK_KEYS of them a sorter
-    thread sorts into a keyed chunk table of a second file, and merges every CHUNK_FANOUT
-    chunks of one size into one, while the input is still being read: SQL that runs
-    without Python's lock, on the other core, and never holds the writer thread up. At the
+    The keys go in as they come, appended to a stage file (appending costs the same
+    whatever the size; a keyed table would pay a random B-tree write per identifier). Every
+    CHUNK_KEYS of them, the stage file goes to a sorter thread, which sorts it into a keyed
+    chunk table of its own file, and merges every CHUNK_FANOUT chunks of one tier into one,
+    while the input is still being read: SQL that runs without Python's lock, on the other
+    core, holding the writer thread up only when it falls SORT_QUEUE files behind. At the
     end only the last keys are sorted; the few chunks, each in key order, are merged by
     SQLite (compound SELECTs over ordered tables merge, they do not sort) with the
-    snapshot's members, which are in key order too.
+    snapshot's members, which are in key order too. Memory stays flat: keys are on disk.
     """
 
     def __init__(self, codec: KeyCodec, *, chunks: bool = True) -> None:
@@ -119,9 +119,6 @@ class RunSet:
         self._sorted = _connect(Path(self._dir) / "sorted.sqlite")
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-4000"):
             self._sorted.execute(f"PRAGMA {pragma}")
-        self._sorted.execute(
-            "CREATE TABLE stage (want INTEGER NOT NULL, width INTEGER NOT NULL, keys BLOB NOT NULL)"
-        )
         self._sorted.execute("CREATE TABLE adds (h BLOB NOT NULL)")
         self._sorted.execute("CREATE TABLE removals (h BLOB NOT NULL)")
         #: Whether keys are sorted into chunk tables as they come (the early keeps, read
@@ -131,10 +128,12 @@ class RunSet:
         #: chunks merged into one).
         self._chunks: list[tuple[str, int]] = []
         self._made = 0
-        #: The keys not handed to the sorter yet, as encoded, in input order, and how many.
-        self._pending: _Groups = []
+        #: The stage file of the keys not handed to the sorter yet (in input order), its
+        #: number, and how many keys it holds.
+        self._stage: sqlite3.Connection | None = None
+        self._staged = 0
         self._unsorted = 0
-        # Bounded: a sorter that falls behind holds the writer thread up, never memory.
+        # Bounded: a sorter that falls behind holds the writer thread up, not the disk.
         self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=SORT_QUEUE)
         self._sorter: threading.Thread | None = None
         #: Set once the input is read: a merge of chunks in progress is given up.
@@ -189,10 +188,26 @@ class RunSet:
                     self._insert(self._conn, "seen", want, encoded)
                 self._conn.execute("COMMIT")
                 return
-            self._pending.extend(groups)
+            if self._stage is None:
+                self._stage = self._new_stage()
+            self._stage.execute("BEGIN")
+            for want, encoded in groups:
+                self._insert(self._stage, "seen", want, encoded)
+            self._stage.execute("COMMIT")
             self._unsorted += len(adds) + len(removes) + len(keeps)
             if self._unsorted >= CHUNK_KEYS:
                 self._hand_over()
+
+    def _new_stage(self) -> sqlite3.Connection:
+        """A file for the next chunk's keys, in input order (the writer thread's alone)."""
+        self._staged += 1
+        conn = _connect(Path(self._dir) / f"stage{self._staged}.sqlite")
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-2000"):
+            conn.execute(f"PRAGMA {pragma}")
+        conn.execute(
+            "CREATE TABLE seen (want INTEGER NOT NULL, width INTEGER NOT NULL, keys BLOB NOT NULL)"
+        )
+        return conn
 
     def _hand_over(self, *, last: bool = False) -> None:
         """The pending keys go to the sorter thread (the caller holds the lock); `last`:
@@ -202,8 +217,11 @@ class RunSet:
                 target=self._sort_jobs, name="pinterest-mirror-sort", daemon=True
             )
             self._sorter.start()
-        self._jobs.put((self._pending, not last))
-        self._pending = []
+        if self._stage is None:
+            self._stage = self._new_stage()  # no keys: an empty chunk
+        self._stage.close()
+        self._stage = None
+        self._jobs.put((Path(self._dir) / f"stage{self._staged}.sqlite", not last))
         self._unsorted = 0
 
     def _sort_jobs(self) -> None:
@@ -220,24 +238,26 @@ class RunSet:
             except BaseException as exc:  # raised again by the plan, in the writer thread
                 self._sort_error = exc
 
-    def _sort_chunk(self, groups: _Groups, tiers: bool) -> None:
-        """Keys (in input order) become a chunk table: each key once, in key order, with
-        what its latest record there wants; then (`tiers`) every CHUNK_FANOUT chunks of
-        one tier are merged into one of the next."""
+    def _sort_chunk(self, stage: Path, tiers: bool) -> None:
+        """A stage file's keys (in input order) become a chunk table: each key once, in key
+        order, with what its latest record there wants; then (`tiers`) every CHUNK_FANOUT
+        chunks of one tier are merged into one of the next."""
         conn = self._sorted
-        conn.execute("BEGIN")
-        for want, encoded in groups:
-            self._insert(conn, "stage", want, encoded)
-        name = self._new_table()
-        # Rows go in key order, then input order: the first inserts, a later one replaces
-        # it unless it only keeps (a skipped record changes nothing a valid one said).
-        conn.execute(
-            f"WITH {ROW_POSITIONS_SQL} INSERT INTO {name} (h, want) SELECT {ROW_KEY_SQL} AS k, "
-            f"want FROM stage CROSS JOIN nums WHERE n < {ROW_SIZE_SQL} ORDER BY k, stage.rowid "
-            f"ON CONFLICT (h) DO UPDATE SET want = excluded.want WHERE excluded.want != {WANT_KEEP}"
-        )
-        conn.execute("DELETE FROM stage")
-        conn.execute("COMMIT")
+        conn.execute("ATTACH ? AS stage", (_file_uri(stage),))
+        try:
+            name = self._new_table()
+            # Rows go in key order, then input order: the first inserts, a later one
+            # replaces it unless it only keeps (a skipped record changes nothing a valid
+            # one said).
+            conn.execute(
+                f"WITH {ROW_POSITIONS_SQL} INSERT INTO {name} (h, want) SELECT {ROW_KEY_SQL} "
+                f"AS k, want FROM stage.seen CROSS JOIN nums WHERE n < {ROW_SIZE_SQL} ORDER BY "
+                f"k, seen.rowid ON CONFLICT (h) DO UPDATE SET want = excluded.want WHERE "
+                f"excluded.want != {WANT_KEEP}"
+            )
+        finally:
+            conn.execute("DETACH stage")
+        stage.unlink()
         self._chunks.append((name, 0))
         while (
             tiers
@@ -300,12 +320,8 @@ class RunSet:
         """Wait for the sorter, sort the last keys: the chunk tables of the whole run, in
         input order (the caller holds the lock)."""
         self._finishing.set()
-        if self._pending or (not self._chunks and self._sorter is None):
-            if self._sorter is not None:
-                self._hand_over(last=True)
-            else:
-                self._sort_chunk(self._pending, False)
-                self._pending, self._unsorted = [], 0
+        if self._stage is not None or not self._staged:  # keys not handed over, or none ever
+            self._hand_over(last=True)
         if self._sorter is not None:
             self._jobs.put(None)
             self._sorter.join()
@@ -607,9 +623,10 @@ class RunSet:
             with contextlib.suppress(queue.Full):
                 self._jobs.put(None, timeout=10)
             sorter.join(timeout=10)
-        for conn in (self._conn, self._sorted):
+        for conn in (self._conn, self._sorted, self._stage):
             with contextlib.suppress(Exception):
-                conn.close()
+                if conn is not None:
+                    conn.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
