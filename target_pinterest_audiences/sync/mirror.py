@@ -449,10 +449,18 @@ class RunSet:
             "ORDER BY 1",
         }
         errors: list[BaseException] = []
+        # The snapshot's confirmed members, counted alongside (one more pass over it).
+        counts = {
+            "removals": f"SELECT COUNT(*) FROM snap.{table} WHERE list_key = {int(list_key)} "
+            "AND confirmed = 1"
+        }
+        confirmed: list[int] = []
 
         def merge(name: str) -> None:
             try:
-                self._merge_into_file(name, merges[name], snapshot_uri)
+                confirmed.extend(
+                    self._merge_into_file(name, merges[name], snapshot_uri, counts.get(name))
+                )
             except BaseException as exc:  # raised below, in the writer thread
                 errors.append(exc)
 
@@ -475,10 +483,7 @@ class RunSet:
                 f"SELECT COUNT(*) FROM removals WHERE EXISTS ({snap} AND confirmed = 1 AND "
                 "h = removals.h)"
             ).fetchone()
-            (plan.confirmed,) = conn.execute(
-                f"SELECT COUNT(*) FROM snap.{table} WHERE list_key = {int(list_key)} "
-                "AND confirmed = 1"
-            ).fetchone()
+            (plan.confirmed,) = confirmed
             if self.any_absent or self.any_keep:
                 (plan.members_in_source,) = conn.execute(
                     f"SELECT COUNT(*) FROM ({keys(f'want = {WANT_MEMBER}', distinct=True)})"
@@ -494,9 +499,12 @@ class RunSet:
             plan.unchanged = plan.members_in_source - self._count("adds")
         return plan
 
-    def _merge_into_file(self, name: str, select: str, snapshot_uri: str) -> None:
+    def _merge_into_file(
+        self, name: str, select: str, snapshot_uri: str, count: str | None
+    ) -> list[int]:
         """One merge of the plan, on a connection of its own: its rows into a table `name`
-        of a file `name`.sqlite; the chunks are read as `s`, the snapshot as `snap`."""
+        of a file `name`.sqlite; the chunks are read as `s`, the snapshot as `snap`. Then
+        the `count` query's answer, if any."""
         conn = _connect(Path(self._dir) / f"{name}.sqlite")
         try:
             for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-4000"):
@@ -506,6 +514,7 @@ class RunSet:
             conn.execute("ATTACH ? AS s", (_file_uri(Path(self._dir) / "sorted.sqlite"),))
             conn.execute("ATTACH ? AS snap", (snapshot_uri,))
             conn.execute(f"INSERT INTO main.{name} (h) {select}")
+            return [int(conn.execute(count).fetchone()[0])] if count else []
         finally:
             conn.close()
 
