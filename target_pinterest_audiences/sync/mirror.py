@@ -54,9 +54,10 @@ ALLOW_ENV = "TARGET_PINTEREST_AUDIENCES_ALLOW_LARGE_REMOVAL"
 #: read on); the last chunk is sorted after the input, so smaller is a shorter wait at the
 #: end, and larger fewer tables to merge.
 CHUNK_KEYS = 250_000
-#: Chunks of one tier merged into one of the next (a few large chunks to merge at the end,
-#: each key rewritten about log4(keys / CHUNK_KEYS) times while the input is read).
-CHUNK_FANOUT = 4
+#: Chunks of one tier merged into one of the next: a few large chunks to merge at the end,
+#: each key rewritten about log8(keys / CHUNK_KEYS) times while the input is read (fewer
+#: rewrites than 4, for the same merge at the end: 4M members, 2.0 s and 2.2 s).
+CHUNK_FANOUT = 8
 #: Stage files handed to the sorter thread and not sorted yet, at most.
 SORT_QUEUE = 8
 #: SQLite virtual-machine steps between two looks at whether a merge must stop (~10 ms).
