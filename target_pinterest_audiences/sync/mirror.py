@@ -2,13 +2,14 @@
 
 Each record of a mirror run says who is a member now (no action, or `add`) or who is not
 (`remove`); a skipped record's well-formed identifiers are "seen" and left as they are.
-What the run wants is appended to a throwaway SQLite file (`RunSet`), never held in Python
-sets, so memory stays flat whatever the audience size. Once the whole input was read, the
-run's identifiers, sorted, are merged with the snapshot (snapshot.py, also in key order) in
-one pass: members the snapshot does not confirm are added, identifiers already confirmed
-cost no request, and confirmed members the source no longer holds are removed, unless they
-are too many (the removal cap): a broken source query that returns 3 rows instead of 3
-million must not empty a live audience.
+What the run wants is appended to throwaway SQLite files (`RunSet`), never held in Python
+sets, so memory stays flat whatever the audience size, and sorted in chunks by a second
+thread while the input is still read. Once the whole input was read, the run's identifiers
+are merged with the snapshot (snapshot.py, also in key order): in SQL for a SQLite snapshot
+(its file attached read-only), in Python for PostgreSQL. Members the snapshot does not
+confirm are added, identifiers already confirmed cost no request, and confirmed members the
+source no longer holds are removed, unless they are too many (the removal cap): a broken
+source query that returns 3 rows instead of 3 million must not empty a live audience.
 
 A list with no confirmed member yet (a first run) has nothing to diff against: there the
 members are added while the records arrive, so the adds overlap with reading.
