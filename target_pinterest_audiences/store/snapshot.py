@@ -201,14 +201,13 @@ class KeyCodec:
     def unpack(self, blob: bytes) -> list[str]:
         return [self.decode(key) for key in unpack_keys(blob)]
 
-    def change_rows(
-        self, keys: Sequence[str], encoded: tuple[int, bytes] | list[bytes] | None = None
-    ) -> list[tuple[int, bytes]]:
+    def change_rows(self, keys: Sequence[str]) -> list[tuple[int, bytes]]:
         """Keys as change-log rows (width, packed keys): CHANGE_ROW_KEYS keys of one width
-        end to end per row; width 0 holds one key of any length (an external id).
-        `encoded`: encode_all(keys), when the caller has it."""
-        if encoded is None:
-            encoded = self.encode_all(keys)
+        end to end per row; width 0 holds one key of any length (an external id)."""
+        return self.rows_of(self.encode_all(keys))
+
+    def rows_of(self, encoded: tuple[int, bytes] | list[bytes]) -> list[tuple[int, bytes]]:
+        """Change-log rows of keys already encoded (encode_all): see change_rows."""
         if isinstance(encoded, tuple):
             width, blob = encoded
             step = width * CHANGE_ROW_KEYS
@@ -808,19 +807,24 @@ class Snapshot:
             self.in_doubt_recovered = self._recover() if recover and self._key >= 0 else 0
             if self._backlog and readonly:
                 self._compact()  # a dry run's counts and plan read merged members
-            self._at_open: int | None = None
 
-    @property
-    def members_at_open(self) -> int:
-        """Confirmed members when this run opened the snapshot, before its writes: the
-        change log is merged at the first look (read it before writing; an events run,
-        which never looks, never merges)."""
-        if self._at_open is None:
-            with self._lock, self._named():
-                if self._at_open is None:
-                    self._compact()
-                    self._at_open = self._count_merged()
-        return self._at_open
+    def unreadable(self, exc: Exception) -> SnapshotError:
+        """The error of a damaged snapshot file (found by a reader on another connection),
+        naming the file and what to do."""
+        return SnapshotError(_unreadable(self._path, exc) if self._path else str(exc))
+
+    def holds_confirmed(self) -> bool:
+        """Whether any identifier is a confirmed member now (the change log merged first):
+        one row read, not a count (a mirror run asks before its first write)."""
+        if self._key < 0:
+            return False
+        with self._lock, self._named():
+            self._compact()  # one read when the log is empty
+            row = self._one(
+                f"SELECT 1 FROM {_MEMBERS} WHERE list_key = ? AND confirmed = 1 LIMIT 1",
+                (self._key,),
+            )
+        return row is not None
 
     # ---- SQL helpers (callers hold self._lock) ---------------------------------------
 
@@ -1034,7 +1038,10 @@ class Snapshot:
         with self._lock:
             kept = self._encoded.pop(entry, None) if entry is not None else None
         reuse = kept[1] if kept is not None and kept[0] is applied else None
-        rows = self._codec.change_rows(applied, reuse) if applied else []
+        if reuse is not None:
+            rows = self._codec.rows_of(reuse)
+        else:
+            rows = self._codec.change_rows(applied) if applied else []
         in_doubt = self._codec.change_rows(doubtful) if doubtful else []
         with self._lock:
             self._append_rows(rows, MEMBER if operation == "ADD" else GONE)
@@ -1100,6 +1107,16 @@ class Snapshot:
             page = [(bytes(h), bool(confirmed)) for h, confirmed in rows]
             yield page
             last = page[-1][0]
+
+    def sqlite_members(self) -> tuple[Path, str, int] | None:
+        """For a reader of the members in SQL (a mirror run's plan): the change log merged
+        first, then where the members are: (SQLite file, table, list key), to be attached
+        read-only on another connection; None in PostgreSQL (read them with pages())."""
+        if self._path is None or self._key < 0:
+            return None
+        with self._lock, self._named():
+            self._compact()
+        return self._path, _MEMBERS, self._key
 
     def set_list_type(self, list_type: str) -> None:
         """Remember the kind a list was created with (Pinterest's answers do not say it).

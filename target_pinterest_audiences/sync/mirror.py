@@ -2,13 +2,14 @@
 
 Each record of a mirror run says who is a member now (no action, or `add`) or who is not
 (`remove`); a skipped record's well-formed identifiers are "seen" and left as they are.
-What the run wants is appended to a throwaway SQLite file (`RunSet`), never held in Python
-sets, so memory stays flat whatever the audience size. Once the whole input was read, the
-run's identifiers, sorted, are merged with the snapshot (snapshot.py, also in key order) in
-one pass: members the snapshot does not confirm are added, identifiers already confirmed
-cost no request, and confirmed members the source no longer holds are removed, unless they
-are too many (the removal cap): a broken source query that returns 3 rows instead of 3
-million must not empty a live audience.
+What the run wants is appended to throwaway SQLite files (`RunSet`), never held in Python
+sets, so memory stays flat whatever the audience size, and sorted in chunks by a second
+thread while the input is still read. Once the whole input was read, the run's identifiers
+are merged with the snapshot (snapshot.py, also in key order): in SQL for a SQLite snapshot
+(its file attached read-only), in Python for PostgreSQL. Members the snapshot does not
+confirm are added, identifiers already confirmed cost no request, and confirmed members the
+source no longer holds are removed, unless they are too many (the removal cap): a broken
+source query that returns 3 rows instead of 3 million must not empty a live audience.
 
 A list with no confirmed member yet (a first run) has nothing to diff against: there the
 members are added while the records arrive, so the adds overlap with reading.
@@ -19,15 +20,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import shutil
 import sqlite3
 import tempfile
 import threading
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 from target_pinterest_audiences.store.snapshot import (
+    CHANGE_ROW_KEYS,
     PAGE_SIZE,
     ROW_KEY_SQL,
     ROW_POSITIONS_SQL,
@@ -46,6 +51,18 @@ TEXT_KEY_TYPE = "LR_ID"
 RUN_DIR_PREFIX = "target-pinterest-audiences-run-"
 #: Meltano's environment variable for allow_large_removal, named in the cap's message.
 ALLOW_ENV = "TARGET_PINTEREST_AUDIENCES_ALLOW_LARGE_REMOVAL"
+#: Keys per sorted chunk of a run set: sorting 1M keys takes about 0.4 s (while the input is
+#: read on); the last chunk is sorted after the input, so smaller is a shorter wait at the
+#: end, and larger fewer tables to merge.
+CHUNK_KEYS = 250_000
+#: Chunks of one tier merged into one of the next: a few large chunks to merge at the end,
+#: each key rewritten about log8(keys / CHUNK_KEYS) times while the input is read (fewer
+#: rewrites than 4, for the same merge at the end: 4M members, 2.0 s and 2.2 s).
+CHUNK_FANOUT = 8
+#: Stage files handed to the sorter thread and not sorted yet, at most.
+SORT_QUEUE = 8
+#: SQLite virtual-machine steps between two looks at whether a merge must stop (~10 ms).
+PROGRESS_STEPS = 1_000_000
 
 
 @dataclass
@@ -59,71 +76,306 @@ class Plan:
     removals: int = 0
     #: Removals of identifiers that were confirmed members before this run (the cap's count).
     removals_of_members: int = 0
+    #: Confirmed members of the snapshot the plan was made from.
+    confirmed: int = 0
+
+
+#: A sorter's job: a stage file of keys in input order, and whether chunks may be merged
+#: after it.
+_Job = tuple[Path, bool]
 
 
 class RunSet:
-    """Every identifier this run has seen and what the source wants for it, in input order,
-    on disk; deleted when the run ends."""
+    """Every identifier this run has seen and what the source wants for it, on disk;
+    deleted when the run ends.
 
-    def __init__(self, codec: KeyCodec) -> None:
+    The keys go in as they come, appended to a stage file (appending costs the same
+    whatever the size; a keyed table would pay a random B-tree write per identifier). Every
+    CHUNK_KEYS of them, the stage file goes to a sorter thread, which sorts it into a keyed
+    chunk table of its own file, and merges every CHUNK_FANOUT chunks of one tier into one,
+    while the input is still being read: SQL that runs without Python's lock, on the other
+    core, holding the writer thread up only when it falls SORT_QUEUE files behind. At the
+    end only the last keys are sorted; the few chunks, each in key order, are merged by
+    SQLite (compound SELECTs over ordered tables merge, they do not sort) with the
+    snapshot's members, which are in key order too. Memory stays flat: keys are on disk.
+    """
+
+    def __init__(self, codec: KeyCodec, *, chunks: bool = True) -> None:
         self.codec = codec
         _remove_orphans()
         self._dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-")
-        path = Path(self._dir) / "run.sqlite"
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-4000"):
+        self._conn = _connect(Path(self._dir) / "run.sqlite")
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-1000"):
             self._conn.execute(f"PRAGMA {pragma}")
-        # Appending costs the same whatever the size; a keyed table would pay a random
-        # B-tree write per identifier. Sorting happens once, at the end. A batch's keys are
-        # packed, CHANGE_ROW_KEYS of one width per row (as in the snapshot's change log),
-        # one row per want: a batch names each identifier once.
+        # A batch's keys are packed, CHANGE_ROW_KEYS of one width per row (as in the
+        # snapshot's change log), one row per want: a batch names each identifier once.
+        # `seen` holds the keys in input order (a set made with chunks=False; see put).
         self._conn.execute(
             "CREATE TABLE seen (want INTEGER NOT NULL, width INTEGER NOT NULL, keys BLOB NOT NULL)"
         )
-        self._conn.execute("CREATE TABLE adds (h BLOB NOT NULL)")
-        self._conn.execute("CREATE TABLE removals (h BLOB NOT NULL)")
         #: Every identifier an ADD of this run confirmed (once or more): counted at the end.
         self._conn.execute("CREATE TABLE added (width INTEGER NOT NULL, keys BLOB NOT NULL)")
         self._lock = threading.Lock()  # the writer's request threads record what they added
+        # The sorted side, a file of its own: chunk tables, then the plan's adds and
+        # removals. Its connection belongs to the sorter thread until the plan waits for it.
+        self._sorted = _connect(Path(self._dir) / "sorted.sqlite")
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-4000"):
+            self._sorted.execute(f"PRAGMA {pragma}")
+        self._sorted.execute("CREATE TABLE adds (h BLOB NOT NULL)")
+        self._sorted.execute("CREATE TABLE removals (h BLOB NOT NULL)")
+        #: Whether keys are sorted into chunk tables as they come (the early keeps, read
+        #: back in input order by seen_keys, are not).
+        self._chunked = chunks
+        #: The sorted chunk tables, in input order, with their tier (CHUNK_FANOUT ** tier
+        #: chunks merged into one).
+        self._chunks: list[tuple[str, int]] = []
+        self._made = 0
+        #: The stage file of the keys not handed to the sorter yet (in input order), its
+        #: number, and how many keys it holds.
+        self._stage: sqlite3.Connection | None = None
+        self._staged = 0
+        self._unsorted = 0
+        # Bounded: a sorter that falls behind holds the writer thread up, not the disk.
+        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=SORT_QUEUE)
+        self._sorter: threading.Thread | None = None
+        #: Set once the input is read: a merge of chunks in progress is given up.
+        self._finishing = threading.Event()
+        self._sort_error: BaseException | None = None
+        #: Whether any batch said `remove`, or named a skipped record's identifiers: without
+        #: either, every identifier of the run is a member, whichever chunk names it.
+        self.any_absent = False
+        self.any_keep = False
+
+    def _insert(
+        self,
+        conn: sqlite3.Connection,
+        table: str,
+        want: int | None,
+        encoded: tuple[int, bytes] | list[bytes],
+    ) -> None:
+        """Append encoded keys (KeyCodec.encode_all) as packed rows; one statement for a
+        batch of SHA-256 digests (a statement per row would hand Python's lock to and fro
+        with the reading thread)."""
+        columns = "want, width, keys" if want is not None else "width, keys"
+        values = f"{int(want)}, " if want is not None else ""
+        if isinstance(encoded, tuple):
+            width, blob = encoded
+            step = width * CHANGE_ROW_KEYS
+            conn.execute(
+                "WITH RECURSIVE pos (n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM pos WHERE "
+                f"n + 1 < ?) INSERT INTO {table} ({columns}) SELECT {values}?, "
+                "substr(?, 1 + ? * n, ?) FROM pos",
+                (-(-len(blob) // step), width, blob, step, step),
+            )
+            return
+        conn.executemany(
+            f"INSERT INTO {table} ({columns}) VALUES ({values}?, ?)",
+            self.codec.rows_of(encoded),
+        )
 
     def put(self, adds: list[str], removes: list[str], keeps: list[str]) -> None:
         """Record one batch of identifiers (as sent: hex digests or external ids), in input
         order: what it adds, removes and keeps (each identifier in one of the three)."""
-        rows = [
-            (want, width, blob)
+        groups = [
+            (want, self.codec.encode_all(keys))
             for want, keys in ((WANT_MEMBER, adds), (WANT_ABSENT, removes), (WANT_KEEP, keeps))
             if keys
-            for width, blob in self.codec.change_rows(keys)
         ]
         with self._lock:
-            self._conn.execute("BEGIN")
-            self._conn.executemany("INSERT INTO seen VALUES (?, ?, ?)", rows)
-            self._conn.execute("COMMIT")
+            self.any_absent = self.any_absent or bool(removes)
+            self.any_keep = self.any_keep or bool(keeps)
+            if not self._chunked:
+                self._conn.execute("BEGIN")
+                for want, encoded in groups:
+                    self._insert(self._conn, "seen", want, encoded)
+                self._conn.execute("COMMIT")
+                return
+            if self._stage is None:
+                self._stage = self._new_stage()
+            self._stage.execute("BEGIN")
+            for want, encoded in groups:
+                self._insert(self._stage, "seen", want, encoded)
+            self._stage.execute("COMMIT")
+            self._unsorted += len(adds) + len(removes) + len(keeps)
+            if self._unsorted >= CHUNK_KEYS:
+                self._hand_over()
+
+    def _new_stage(self) -> sqlite3.Connection:
+        """A file for the next chunk's keys, in input order (the writer thread's alone)."""
+        self._staged += 1
+        conn = _connect(Path(self._dir) / f"stage{self._staged}.sqlite")
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-500"):
+            conn.execute(f"PRAGMA {pragma}")
+        conn.execute(
+            "CREATE TABLE seen (want INTEGER NOT NULL, width INTEGER NOT NULL, keys BLOB NOT NULL)"
+        )
+        return conn
+
+    def _hand_over(self, *, last: bool = False) -> None:
+        """The pending keys go to the sorter thread (the caller holds the lock); `last`:
+        the input is read, no merge of chunks is worth it any more."""
+        if self._sorter is None:
+            self._sorter = threading.Thread(
+                target=self._sort_jobs, name="pinterest-mirror-sort", daemon=True
+            )
+            self._sorter.start()
+        if self._stage is None:
+            self._stage = self._new_stage()  # no keys: an empty chunk
+        self._stage.close()
+        self._stage = None
+        self._jobs.put((Path(self._dir) / f"stage{self._staged}.sqlite", not last))
+        self._unsorted = 0
+
+    def _sort_jobs(self) -> None:
+        """The sorter thread: each job becomes a chunk; an error waits for the plan, which
+        raises it."""
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            if self._sort_error is not None:
+                continue
+            try:
+                self._sort_chunk(*job)
+            except BaseException as exc:  # raised again by the plan, in the writer thread
+                self._sort_error = exc
+
+    def _sort_chunk(self, stage: Path, tiers: bool) -> None:
+        """A stage file's keys (in input order) become a chunk table: each key once, in key
+        order, with what its latest record there wants; then (`tiers`) every CHUNK_FANOUT
+        chunks of one tier are merged into one of the next."""
+        conn = self._sorted
+        conn.execute("ATTACH ? AS stage", (_file_uri(stage),))
+        try:
+            name = self._new_table()
+            # Rows go in key order, then input order: the first inserts, a later one
+            # replaces it unless it only keeps (a skipped record changes nothing a valid
+            # one said).
+            conn.execute(
+                f"WITH {ROW_POSITIONS_SQL} INSERT INTO {name} (h, want) SELECT {ROW_KEY_SQL} "
+                f"AS k, want FROM stage.seen CROSS JOIN nums WHERE n < {ROW_SIZE_SQL} ORDER BY "
+                f"k, seen.rowid ON CONFLICT (h) DO UPDATE SET want = excluded.want WHERE "
+                f"excluded.want != {WANT_KEEP}"
+            )
+        finally:
+            conn.execute("DETACH stage")
+        stage.unlink()
+        self._chunks.append((name, 0))
+        while (
+            tiers
+            and len(self._chunks) >= CHUNK_FANOUT
+            and (len({tier for _, tier in self._chunks[-CHUNK_FANOUT:]}) == 1)
+        ):
+            tier = self._chunks[-1][1]
+            merged = self._merge([name for name, _ in self._chunks[-CHUNK_FANOUT:]], abort=True)
+            if merged is None:
+                return  # the input is read: the plan merges them anyway
+            del self._chunks[-CHUNK_FANOUT:]
+            self._chunks.append((merged, tier + 1))
+
+    def _new_table(self) -> str:
+        name = f"chunk{self._made}"
+        self._made += 1
+        self._sorted.execute(
+            f"CREATE TABLE {name} (h BLOB PRIMARY KEY, want INTEGER NOT NULL) WITHOUT ROWID"
+        )
+        return name
+
+    @overload
+    def _merge(self, names: list[str]) -> str: ...
+    @overload
+    def _merge(self, names: list[str], *, abort: bool) -> str | None: ...
+
+    def _merge(self, names: list[str], *, abort: bool = False) -> str | None:
+        """Chunks (consecutive, in input order) merged into one table, then dropped: each
+        key once, with the want its latest chunk gives it (a merge of ordered tables).
+
+        `abort`: a merge to save the plan work, given up (None, the chunks kept) once the
+        input is read, for the plan would wait for it."""
+        if abort and self._finishing.is_set():
+            return None
+        merged = self._new_table()
+        arms = " UNION ALL ".join(f"SELECT h, want, {i} AS c FROM {n}" for i, n in enumerate(names))
+        if abort:
+            # Asked every ~10 ms of SQL: a non-zero answer stops the statement.
+            self._sorted.set_progress_handler(self._finishing.is_set, PROGRESS_STEPS)
+        try:
+            try:
+                self._sorted.execute(
+                    f"INSERT INTO {merged} (h, want) SELECT h, want FROM ({arms} ORDER BY 1, 3) "
+                    f"WHERE true ON CONFLICT (h) DO UPDATE SET want = excluded.want WHERE "
+                    f"excluded.want != {WANT_KEEP}"
+                )
+            finally:
+                if abort:
+                    self._sorted.set_progress_handler(None, 0)
+        except sqlite3.OperationalError:
+            if not (abort and self._finishing.is_set()):
+                raise
+            self._sorted.execute(f"DROP TABLE {merged}")  # half made; the chunks are whole
+            return None
+        for name in names:
+            self._sorted.execute(f"DROP TABLE {name}")
+        return merged
+
+    def _all_sorted(self) -> list[str]:
+        """Wait for the sorter, sort the last keys: the chunk tables of the whole run, in
+        input order (the caller holds the lock)."""
+        self._finishing.set()
+        if self._stage is not None or not self._staged:  # keys not handed over, or none ever
+            self._hand_over(last=True)
+        if self._sorter is not None:
+            self._jobs.put(None)
+            self._sorter.join()
+            self._sorter = None
+        if self._sort_error is not None:
+            raise self._sort_error
+        return [name for name, _ in self._chunks]
 
     def record_added(self, keys: list[str]) -> None:
-        rows = self.codec.change_rows(keys)
+        encoded = self.codec.encode_all(keys)
         with self._lock:
             self._conn.execute("BEGIN")
-            self._conn.executemany("INSERT INTO added VALUES (?, ?)", rows)
+            self._insert(self._conn, "added", None, encoded)
             self._conn.execute("COMMIT")
 
     def distinct_added(self) -> int:
         """How many distinct identifiers this run added (a member named in far-apart
-        batches of a first run may have been sent twice: ADD is idempotent)."""
+        batches of a first run may have been sent twice: ADD is idempotent).
+
+        Sorted into a keyed table, then counted: COUNT(DISTINCT) would insert each key
+        into a temporary B-tree in the log's order, about four times slower."""
         with self._lock:
-            row = self._conn.execute(
-                f"WITH {ROW_POSITIONS_SQL} SELECT COUNT(DISTINCT {ROW_KEY_SQL}) FROM added "
-                f"CROSS JOIN nums WHERE n < {ROW_SIZE_SQL}"
-            ).fetchone()
+            self._conn.execute("DROP TABLE IF EXISTS added_keys")
+            self._conn.execute("CREATE TABLE added_keys (h BLOB PRIMARY KEY) WITHOUT ROWID")
+            self._conn.execute(
+                f"WITH {ROW_POSITIONS_SQL} INSERT OR IGNORE INTO added_keys (h) SELECT "
+                f"{ROW_KEY_SQL} AS k FROM added CROSS JOIN nums WHERE n < {ROW_SIZE_SQL} "
+                "ORDER BY k"
+            )
+            row = self._conn.execute("SELECT COUNT(*) FROM added_keys").fetchone()
+            self._conn.execute("DROP TABLE added_keys")
             return int(row[0])
+
+    def _sources(self) -> list[str]:
+        """The sorted tables of the whole run (the caller holds the lock): its chunks; or,
+        when a key's latest want may sit in another chunk than its first (some record said
+        `remove`), the chunks merged into one."""
+        names = self._all_sorted()
+        if not self.any_absent or len(names) == 1:
+            return names
+        merged = self._merge(names)
+        self._chunks = [(merged, self._chunks[-1][1] + 1)]
+        return [merged]
 
     def _wanted(self) -> Iterator[tuple[bytes, int]]:
         """Each identifier once, in key order, with what the source finally wants for it:
-        the latest valid record's action, or "keep" when only skipped records named it."""
-        cursor = self._conn.execute(
-            f"WITH {ROW_POSITIONS_SQL} SELECT {ROW_KEY_SQL} AS h, want FROM seen CROSS JOIN "
-            f"nums WHERE n < {ROW_SIZE_SQL} ORDER BY h, seen.rowid"
+        the latest valid record's action, or "keep" when only skipped records named it
+        (the caller holds the lock)."""
+        arms = " UNION ALL ".join(
+            f"SELECT h, want, {i} AS c FROM {name}" for i, name in enumerate(self._all_sorted())
         )
+        cursor = self._sorted.execute(f"SELECT h, want FROM ({arms} ORDER BY 1, 3)")
         key: bytes | None = None
         want = WANT_KEEP
         while True:
@@ -149,10 +401,152 @@ class RunSet:
         says `remove` (nobody knows whether the list holds them). `streamed`: members were
         added while reading (no confirmed member at the start), so none was unchanged.
         """
+        members = snapshot.sqlite_members() if snapshot is not None else None
+        with self._lock:
+            self._all_sorted()
+            self._sorted.execute("DELETE FROM adds")
+            self._sorted.execute("DELETE FROM removals")
+            if members is None:
+                plan = self._plan_in_python(snapshot, snapshot_new=snapshot_new, streamed=streamed)
+            else:
+                try:
+                    plan = self._plan_in_sql(*members, snapshot_new=snapshot_new, streamed=streamed)
+                except sqlite3.DatabaseError as exc:
+                    if snapshot is not None and self._snapshot_damaged(members[0]):
+                        raise snapshot.unreadable(exc) from None
+                    raise
+            plan.adds = self._count("adds")
+            plan.removals = self._count("removals")
+        return plan
+
+    def _plan_in_sql(
+        self, path: Path, table: str, list_key: int, *, snapshot_new: bool, streamed: bool
+    ) -> Plan:
+        """The plan of a SQLite snapshot: its file attached (read-only) to the run set, and
+        the difference computed by merges in SQL, never a Python loop over the members.
+
+        The adds and the removals are two merges of the whole run with the whole snapshot:
+        they run at once, on two connections (the input is read, both cores are free),
+        each writing a file of its own and only reading the chunks and the snapshot."""
+        plan = Plan()
+        sources = self._sources()
+        snapshot_uri = _file_uri(path) + "?mode=ro"
+
+        def keys(where: str, *, schema: str = "", distinct: bool = False) -> str:
+            arms = [f"SELECT h FROM {schema}{name} WHERE {where}" for name in sources]
+            if len(arms) == 1:
+                return arms[0]
+            union = " UNION " if distinct else " UNION ALL "
+            return f"SELECT h FROM ({union.join(arms)} ORDER BY 1)"
+
+        # Two integers of ours, inlined.
+        snap = f"SELECT h FROM snap.{table} WHERE list_key = {int(list_key)}"
+        absent = ""
+        if snapshot_new and self.any_absent:
+            absent = f" UNION {keys(f'want = {WANT_ABSENT}', schema='s.')}"
+        merges = {
+            "adds": f"{keys(f'want = {WANT_MEMBER}', schema='s.')} EXCEPT {snap} AND "
+            "confirmed = 1 ORDER BY 1",
+            "removals": f"{snap} EXCEPT {keys(f'want != {WANT_ABSENT}', schema='s.')}{absent} "
+            "ORDER BY 1",
+        }
+        errors: list[BaseException] = []
+        # The snapshot's confirmed members, counted alongside (one more pass over it).
+        counts = {
+            "removals": f"SELECT COUNT(*) FROM snap.{table} WHERE list_key = {int(list_key)} "
+            "AND confirmed = 1"
+        }
+        confirmed: list[int] = []
+
+        def merge(name: str) -> None:
+            try:
+                confirmed.extend(
+                    self._merge_into_file(name, merges[name], snapshot_uri, counts.get(name))
+                )
+            except BaseException as exc:  # raised below, in the writer thread
+                errors.append(exc)
+
+        helper = threading.Thread(target=merge, args=("removals",), name="pinterest-mirror-plan")
+        helper.start()
+        merge("adds")
+        helper.join()
+        if errors:
+            raise errors[0]
+        conn = self._sorted
+        for name in merges:
+            conn.execute("ATTACH ? AS result", (_file_uri(Path(self._dir) / f"{name}.sqlite"),))
+            try:
+                conn.execute(f"INSERT INTO {name} (h) SELECT h FROM result.{name} ORDER BY rowid")
+            finally:
+                conn.execute("DETACH result")
+        conn.execute("ATTACH ? AS snap", (snapshot_uri,))
+        try:
+            (removals_of_members,) = conn.execute(
+                f"SELECT COUNT(*) FROM removals WHERE EXISTS ({snap} AND confirmed = 1 AND "
+                "h = removals.h)"
+            ).fetchone()
+            (plan.confirmed,) = confirmed
+            if self.any_absent or self.any_keep:
+                (plan.members_in_source,) = conn.execute(
+                    f"SELECT COUNT(*) FROM ({keys(f'want = {WANT_MEMBER}', distinct=True)})"
+                ).fetchone()
+            else:
+                # Every identifier of the run is a member: those the snapshot confirms are
+                # its confirmed members less the ones removed.
+                plan.members_in_source = self._count("adds") + plan.confirmed - removals_of_members
+        finally:
+            conn.execute("DETACH snap")
+        if not streamed:
+            plan.removals_of_members = removals_of_members
+            plan.unchanged = plan.members_in_source - self._count("adds")
+        return plan
+
+    def _merge_into_file(
+        self, name: str, select: str, snapshot_uri: str, count: str | None
+    ) -> list[int]:
+        """One merge of the plan, on a connection of its own: its rows into a table `name`
+        of a file `name`.sqlite; the chunks are read as `s`, the snapshot as `snap`. Then
+        the `count` query's answer, if any."""
+        conn = _connect(Path(self._dir) / f"{name}.sqlite")
+        try:
+            for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-500"):
+                conn.execute(f"PRAGMA {pragma}")
+            conn.execute(f"DROP TABLE IF EXISTS {name}")
+            conn.execute(f"CREATE TABLE {name} (h BLOB NOT NULL)")
+            conn.execute("ATTACH ? AS s", (_file_uri(Path(self._dir) / "sorted.sqlite"),))
+            conn.execute("ATTACH ? AS snap", (snapshot_uri,))
+            # Both inputs are read once, in order: a small cache each (peak RSS stays flat).
+            conn.execute("PRAGMA s.cache_size=-500")
+            conn.execute("PRAGMA snap.cache_size=-500")
+            conn.execute(f"INSERT INTO main.{name} (h) {select}")
+            return [int(conn.execute(count).fetchone()[0])] if count else []
+        finally:
+            conn.close()
+
+    def _snapshot_damaged(self, path: Path) -> bool:
+        """After an error of the plan's SQL: whether the snapshot file is what is damaged
+        (not the run set's own files), to name it in the error."""
+        conn = self._sorted
+        try:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("DETACH snap")
+            conn.execute("ATTACH ? AS snap", (_file_uri(path) + "?mode=ro",))
+            try:
+                return [row[0] for row in conn.execute("PRAGMA snap.quick_check(1)")] != ["ok"]
+            finally:
+                conn.execute("DETACH snap")
+        except sqlite3.Error:
+            return True
+
+    def _plan_in_python(
+        self, snapshot: Snapshot | None, *, snapshot_new: bool, streamed: bool
+    ) -> Plan:
+        """The plan of a PostgreSQL snapshot (or none): both sides read in key order and
+        merged here (the caller holds the lock)."""
         plan = Plan()
         adds: list[tuple[bytes]] = []
         removals: list[tuple[bytes]] = []
-        insert = self._conn.executemany
+        insert = self._sorted.executemany
 
         def flush() -> None:
             insert("INSERT INTO adds VALUES (?)", adds)
@@ -160,19 +554,18 @@ class RunSet:
             adds.clear()
             removals.clear()
 
-        self._conn.execute("BEGIN")
-        self._conn.execute("DELETE FROM adds")
-        self._conn.execute("DELETE FROM removals")
-        snap_rows = _rows(snapshot.pages()) if snapshot is not None else iter(())
         run_rows = self._wanted()
+        r = next(run_rows, None)  # sorted before the transaction begins
+        self._sorted.execute("BEGIN")
+        snap_rows = _rows(snapshot.pages()) if snapshot is not None else iter(())
         s = next(snap_rows, None)
-        r = next(run_rows, None)
         while s is not None or r is not None:
             if r is None or (s is not None and s[0] < r[0]):
                 assert s is not None
                 # In the snapshot, never seen in this run: the source no longer holds it.
                 removals.append((s[0],))
                 plan.removals_of_members += s[1] and not streamed
+                plan.confirmed += s[1]
                 s = next(snap_rows, None)
             elif s is None or r[0] < s[0]:
                 # Seen in this run, unknown to the snapshot.
@@ -184,6 +577,7 @@ class RunSet:
                 r = next(run_rows, None)
             else:
                 key, confirmed = s
+                plan.confirmed += confirmed
                 if r[1] == WANT_MEMBER:
                     plan.members_in_source += 1
                     if confirmed:
@@ -198,16 +592,16 @@ class RunSet:
             if len(adds) + len(removals) >= PAGE_SIZE:
                 flush()
         flush()
-        self._conn.execute("COMMIT")
-        plan.adds = self._count("adds")
-        plan.removals = self._count("removals")
+        self._sorted.execute("COMMIT")
         return plan
 
     def _count(self, table: str) -> int:
-        return int(self._conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+        return int(self._sorted.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
     def seen_keys(self) -> Iterator[list[str]]:
-        """Every identifier recorded, a row at a time (the early keeps)."""
+        """Every identifier recorded, a row at a time (the early keeps: a set made with
+        chunks=False, so all of them are still in input order)."""
+        assert not self._chunked
         decode = self.codec.decode
         rows = self._conn.execute(
             f"WITH {ROW_POSITIONS_SQL} SELECT {ROW_KEY_SQL} FROM seen CROSS JOIN nums "
@@ -224,8 +618,8 @@ class RunSet:
         decode = self.codec.decode
         last = 0
         while True:
-            with self._lock:  # request threads record confirmed adds meanwhile
-                rows = self._conn.execute(
+            with self._lock:
+                rows = self._sorted.execute(
                     f"SELECT rowid, h FROM {table} WHERE rowid > ? ORDER BY rowid LIMIT ?",
                     (last, size),
                 ).fetchall()
@@ -235,9 +629,29 @@ class RunSet:
             yield [decode(row[1]) for row in rows]
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._conn.close()
+        sorter = self._sorter
+        if sorter is not None:
+            self._sort_error = self._sort_error or RuntimeError("closed")  # skip the rest
+            with contextlib.suppress(Exception):
+                self._sorted.interrupt()
+            with contextlib.suppress(queue.Full):
+                self._jobs.put(None, timeout=10)
+            sorter.join(timeout=10)
+        for conn in (self._conn, self._sorted, self._stage):
+            with contextlib.suppress(Exception):
+                if conn is not None:
+                    conn.close()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """A run set's SQLite file (opened with URIs: a snapshot is attached read-only)."""
+    return sqlite3.connect(_file_uri(path), uri=True, check_same_thread=False, isolation_level=None)
+
+
+def _file_uri(path: Path) -> str:
+    """A file's SQLite URI (the run set is opened with URIs, to attach a snapshot read-only)."""
+    return "file:" + urllib.parse.quote(str(path.resolve()))
 
 
 def _remove_orphans() -> None:
@@ -307,7 +721,9 @@ class MirrorSync:
             else:
                 return None
             self.runset = RunSet(codec)
-            self.streaming = snapshot is None or snapshot.members_at_open == 0
+            # One row read: a full count here would hold the pipeline up at its start (the
+            # count the removal cap needs comes with the plan: nothing is written before).
+            self.streaming = snapshot is None or not snapshot.holds_confirmed()
             if self._early_keeps is not None:
                 early, self._early_keeps = self._early_keeps, None
                 for chunk in early.seen_keys():
@@ -333,7 +749,7 @@ class MirrorSync:
             assert not ops, "the run's list type is set before its first identifiers"
             if keeps:
                 if self._early_keeps is None:
-                    self._early_keeps = RunSet(KeyCodec(TEXT_KEY_TYPE))
+                    self._early_keeps = RunSet(KeyCodec(TEXT_KEY_TYPE), chunks=False)
                 self._early_keeps.put([], [], keeps)
             return
         if keeps and not runset.codec.text:
@@ -368,10 +784,12 @@ class MirrorSync:
         self.phase = "input read, comparing with the snapshot"
         snapshot_new = snapshot is None or not snapshot.existed
         report.snapshot = "new" if snapshot_new else "existing"
-        at_open = snapshot.members_at_open if snapshot is not None else 0
         plan = runset.plan(snapshot, snapshot_new=snapshot_new, streamed=bool(self.streaming))
         report.members_in_source = plan.members_in_source
         report.unchanged = plan.unchanged
+        # Confirmed members before this run's writes: none when it streamed its adds (it
+        # had none), else those of the plan (the run wrote nothing before it).
+        at_open = 0 if self.streaming else plan.confirmed
         reason = self._cap_reason(plan, at_open)
         if writer.list_id is None and not plan.adds and plan.removals:
             # No list exists and no member creates one (a new segment whose records all say
