@@ -104,9 +104,7 @@ class RunSet:
         self.codec = codec
         _remove_orphans()
         self._dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-")
-        self._conn = _connect(Path(self._dir) / "run.sqlite")
-        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-1000"):
-            self._conn.execute(f"PRAGMA {pragma}")
+        self._conn = _connect(Path(self._dir) / "run.sqlite", cache_kib=1000)
         # A batch's keys are packed, CHANGE_ROW_KEYS of one width per row (as in the
         # snapshot's change log), one row per want: a batch names each identifier once.
         # `seen` holds the keys in input order (a set made with chunks=False; see put).
@@ -118,9 +116,7 @@ class RunSet:
         self._lock = threading.Lock()  # the writer's request threads record what they added
         # The sorted side, a file of its own: chunk tables, then the plan's adds and
         # removals. Its connection belongs to the sorter thread until the plan waits for it.
-        self._sorted = _connect(Path(self._dir) / "sorted.sqlite")
-        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-4000"):
-            self._sorted.execute(f"PRAGMA {pragma}")
+        self._sorted = _connect(Path(self._dir) / "sorted.sqlite", cache_kib=4000)
         self._sorted.execute("CREATE TABLE adds (h BLOB NOT NULL)")
         self._sorted.execute("CREATE TABLE removals (h BLOB NOT NULL)")
         #: Whether keys are sorted into chunk tables as they come (the early keeps, read
@@ -203,9 +199,7 @@ class RunSet:
     def _new_stage(self) -> sqlite3.Connection:
         """A file for the next chunk's keys, in input order (the writer thread's alone)."""
         self._staged += 1
-        conn = _connect(Path(self._dir) / f"stage{self._staged}.sqlite")
-        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-500"):
-            conn.execute(f"PRAGMA {pragma}")
+        conn = _connect(Path(self._dir) / f"stage{self._staged}.sqlite", cache_kib=500)
         conn.execute(
             "CREATE TABLE seen (want INTEGER NOT NULL, width INTEGER NOT NULL, keys BLOB NOT NULL)"
         )
@@ -295,14 +289,13 @@ class RunSet:
         if abort and self._finishing.is_set():
             return None
         merged = self._new_table()
-        arms = " UNION ALL ".join(f"SELECT h, want, {i} AS c FROM {n}" for i, n in enumerate(names))
         if abort:
             # Asked every ~10 ms of SQL: a non-zero answer stops the statement.
             self._sorted.set_progress_handler(self._finishing.is_set, PROGRESS_STEPS)
         try:
             try:
                 self._sorted.execute(
-                    f"INSERT INTO {merged} (h, want) SELECT h, want FROM ({arms} ORDER BY 1, 3) "
+                    f"INSERT INTO {merged} (h, want) SELECT h, want FROM {_in_order(names)} "
                     f"WHERE true ON CONFLICT (h) DO UPDATE SET want = excluded.want WHERE "
                     f"excluded.want != {WANT_KEEP}"
                 )
@@ -372,10 +365,7 @@ class RunSet:
         """Each identifier once, in key order, with what the source finally wants for it:
         the latest valid record's action, or "keep" when only skipped records named it
         (the caller holds the lock)."""
-        arms = " UNION ALL ".join(
-            f"SELECT h, want, {i} AS c FROM {name}" for i, name in enumerate(self._all_sorted())
-        )
-        cursor = self._sorted.execute(f"SELECT h, want FROM ({arms} ORDER BY 1, 3)")
+        cursor = self._sorted.execute(f"SELECT h, want FROM {_in_order(self._all_sorted())}")
         key: bytes | None = None
         want = WANT_KEEP
         while True:
@@ -507,10 +497,8 @@ class RunSet:
         """One merge of the plan, on a connection of its own: its rows into a table `name`
         of a file `name`.sqlite; the chunks are read as `s`, the snapshot as `snap`. Then
         the `count` query's answer, if any."""
-        conn = _connect(Path(self._dir) / f"{name}.sqlite")
+        conn = _connect(Path(self._dir) / f"{name}.sqlite", cache_kib=500)
         try:
-            for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-500"):
-                conn.execute(f"PRAGMA {pragma}")
             conn.execute(f"DROP TABLE IF EXISTS {name}")
             conn.execute(f"CREATE TABLE {name} (h BLOB NOT NULL)")
             conn.execute("ATTACH ? AS s", (_file_uri(Path(self._dir) / "sorted.sqlite"),))
@@ -644,9 +632,21 @@ class RunSet:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    """A run set's SQLite file (opened with URIs: a snapshot is attached read-only)."""
-    return sqlite3.connect(_file_uri(path), uri=True, check_same_thread=False, isolation_level=None)
+def _connect(path: Path, *, cache_kib: int) -> sqlite3.Connection:
+    """A run set's SQLite file (opened with URIs: a snapshot is attached read-only): no
+    journal and no sync (it is thrown away with the run), a page cache of `cache_kib`."""
+    conn = sqlite3.connect(_file_uri(path), uri=True, check_same_thread=False, isolation_level=None)
+    for pragma in ("journal_mode=OFF", "synchronous=OFF", f"cache_size=-{int(cache_kib)}"):
+        conn.execute(f"PRAGMA {pragma}")
+    return conn
+
+
+def _in_order(chunks: list[str]) -> str:
+    """The rows (h, want, chunk number) of chunk tables, as one table expression in key
+    order, then chunk order (a later chunk's want wins): SQLite merges the ordered tables,
+    it does not sort them."""
+    arms = " UNION ALL ".join(f"SELECT h, want, {i} AS c FROM {n}" for i, n in enumerate(chunks))
+    return f"({arms} ORDER BY 1, 3)"
 
 
 def _file_uri(path: Path) -> str:
