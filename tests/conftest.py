@@ -66,6 +66,16 @@ def start_cli(config_path: Path, env: dict[str, str] | None = None) -> subproces
     )
 
 
+def confirmed_in_store(conn: Any) -> int:
+    """Confirmed members in a snapshot store (every list), read by SQL on a DB-API or
+    sqlite3 connection: the packed rows hold each a first key plus `keys` end to end."""
+    row = conn.execute(
+        "SELECT COALESCE(SUM(1 + CASE width WHEN 0 THEN 0 ELSE length(keys) / width END), 0) "
+        "FROM pinterest_audience_snapshot_packed"
+    ).fetchone()
+    return int(row[0])
+
+
 def record(**fields: Any) -> dict[str, Any]:
     return {"type": "RECORD", "stream": STREAM, "record": fields}
 

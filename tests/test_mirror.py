@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SCHEMA, email_hash, lists_named, record, start_cli, state
+from conftest import (
+    SCHEMA,
+    confirmed_in_store,
+    email_hash,
+    lists_named,
+    record,
+    start_cli,
+    state,
+)
 
 SEGMENT = "Mirror VIP"
 
@@ -490,9 +498,7 @@ def test_postgres_snapshot_store_gives_the_same_results_as_sqlite(
     assert quiet.final["match_rate"] == pytest.approx(1.0)
     env = os.environ
     with psycopg.connect(dbname=name) as conn:
-        (count,) = conn.execute(
-            "SELECT COUNT(*) FROM pinterest_audience_snapshot_members WHERE confirmed = 1"
-        ).fetchone()
+        count = confirmed_in_store(conn)
     assert count == 30
     # The store is named in the log, never with its password.
     log = run_target(pg_run, rows(emails(range(30)))).stderr

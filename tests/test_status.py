@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import ACCESS_TOKEN, AD_ACCOUNT, Run, records
+from conftest import ACCESS_TOKEN, AD_ACCOUNT, Run, confirmed_in_store, records
 from test_mirror import snapshot_database  # noqa: F401 - the fixture: a fresh PostgreSQL database
 
 from target_pinterest_audiences.emulator import Emulator
@@ -193,9 +193,7 @@ def test_an_events_run_leaves_its_changes_unmerged_until_a_count_needs_them(
             (changes,) = conn.execute(
                 "SELECT COUNT(*) FROM pinterest_audience_snapshot_changes"
             ).fetchone()
-            (members,) = conn.execute(
-                "SELECT COUNT(*) FROM pinterest_audience_snapshot_members"
-            ).fetchone()
+            members = confirmed_in_store(conn)
         return changes, members
 
     assert tables()[1] == 0 and tables()[0] > 0  # logged, never merged by events runs
@@ -237,9 +235,7 @@ def test_a_run_merges_the_change_log_earlier_runs_left_not_its_own(tmp_path, mon
             logged = conn.execute(
                 "SELECT COUNT(*) FROM pinterest_audience_snapshot_changes"
             ).fetchone()[0]
-            members = conn.execute(
-                "SELECT COUNT(*) FROM pinterest_audience_snapshot_members"
-            ).fetchone()[0]
+            members = confirmed_in_store(conn)
         return logged, members
 
     run(keys[:29])  # below the threshold, and its own writes

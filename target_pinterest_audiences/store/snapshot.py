@@ -35,6 +35,8 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import heapq
+import itertools
 import logging
 import os
 import re
@@ -68,13 +70,35 @@ TEXT_KEY_LIST_TYPES = frozenset({"LR_ID", "DLX_ID"})
 PAGE_SIZE = 5000
 
 _LISTS = "pinterest_audience_snapshot_lists"
+#: Identifiers in doubt (confirmed = 0). Stores made before the members were packed kept
+#: every member here, a row each (confirmed = 1): those rows move to the packed members when
+#: their list is opened (see Snapshot._migrate_members).
 _MEMBERS = "pinterest_audience_snapshot_members"
+#: The confirmed members, packed: a row holds up to PACKED_ROW_MAX identifiers of one width,
+#: in key order, the first as the row's key `lo` and the others end to end in `keys` (width
+#: 0: one identifier of any length, alone in its row). Rows never overlap: a row holds the
+#: members from its `lo` up to the next row's. One row per identifier cost 45 bytes of disk
+#: per member (40-byte rows in pages about 88% full); packed, about 37 (issue 18).
+_PACKED = "pinterest_audience_snapshot_packed"
+#: Identifiers per packed row when rows are written afresh, and the most one holds before it
+#: is cut into rows of PACKED_ROW_KEYS: a row takes the adds that land in its range without
+#: moving to another page (measured: 8 and 16 keep 1M members at 36.6 bytes each through
+#: rounds of 1% churn; 16 and 32 grew from 36.6 to 40.8).
+PACKED_ROW_KEYS = 8
+PACKED_ROW_MAX = 16
+#: A rewritten row left with fewer members than this takes in the next row (removals must
+#: not leave a list of near-empty rows).
+PACKED_ROW_MIN = 4
 _JOURNAL = "pinterest_audience_snapshot_journal"
 #: The change log: confirmed changes not yet merged into the members, packed.
 _CHANGES = "pinterest_audience_snapshot_changes"
 #: The change log of releases before issue 18 (one row per identifier): merged into the
 #: members and emptied (SQLite: dropped) when a store is opened (see _migrate_old_log).
 _OLD_LOG = "pinterest_audience_snapshot_log"
+#: Names of PostgreSQL server-side cursors (a query read a page at a time).
+_CURSOR_NAMES = itertools.count()
+#: Rows written or deleted per batch when packed members are rewritten.
+_PACKED_BATCH = 5000
 #: Identifiers per change-log row: 32 SHA-256 digests are 1 KB, inside one page of SQLite
 #: and under PostgreSQL's TOAST threshold, so unpacking a row never reads overflow pages.
 CHANGE_ROW_KEYS = 32
@@ -85,9 +109,9 @@ ROW_POSITIONS_SQL = (
 #: Journal entries whose encoded identifiers are kept for their confirmation (a few more
 #: than the writes in flight at once).
 KEEP_ENCODED = 16
-#: Change-log rows per INSERT statement (4 parameters each; SQLite takes 32,766 since 3.32,
-#: PostgreSQL 65,535).
-APPEND_ROWS_PER_STATEMENT = 1000
+#: Values per multi-row INSERT statement (1,000 change-log rows of 4; SQLite takes 32,766
+#: parameters since 3.32, PostgreSQL 65,535).
+APPEND_VALUES_PER_STATEMENT = 4000
 #: A run's writer thread merges the change log when earlier runs left at least this many
 #: identifiers in it (see merge_if_due): a log that cannot grow without bound in a pipeline
 #: of events runs only, merged in one ordered sweep of the members' B-tree per 2 million
@@ -114,6 +138,8 @@ _SQLITE_DDL = (
     "UNIQUE (ad_account_id, list_id))",
     f"CREATE TABLE IF NOT EXISTS {_MEMBERS} (list_key INTEGER NOT NULL, h BLOB NOT NULL, "
     "confirmed INTEGER NOT NULL, PRIMARY KEY (list_key, h)) WITHOUT ROWID",
+    f"CREATE TABLE IF NOT EXISTS {_PACKED} (list_key INTEGER NOT NULL, lo BLOB NOT NULL, "
+    "width INTEGER NOT NULL, keys BLOB NOT NULL, PRIMARY KEY (list_key, lo)) WITHOUT ROWID",
     f"CREATE TABLE IF NOT EXISTS {_JOURNAL} (entry INTEGER PRIMARY KEY, list_key INTEGER NOT "
     "NULL, op TEXT NOT NULL, records TEXT NOT NULL, settle_until REAL, keys BLOB)",
     f"CREATE TABLE IF NOT EXISTS {_CHANGES} (seq INTEGER PRIMARY KEY, list_key INTEGER NOT "
@@ -126,6 +152,8 @@ _POSTGRES_DDL = (
     "UNIQUE (ad_account_id, list_id))",
     f"CREATE TABLE IF NOT EXISTS {_MEMBERS} (list_key BIGINT NOT NULL, h BYTEA NOT NULL, "
     "confirmed SMALLINT NOT NULL, PRIMARY KEY (list_key, h))",
+    f"CREATE TABLE IF NOT EXISTS {_PACKED} (list_key BIGINT NOT NULL, lo BYTEA NOT NULL, "
+    "width SMALLINT NOT NULL, keys BYTEA NOT NULL, PRIMARY KEY (list_key, lo))",
     f"CREATE TABLE IF NOT EXISTS {_JOURNAL} (entry BIGSERIAL PRIMARY KEY, list_key BIGINT NOT "
     "NULL, op TEXT NOT NULL, records TEXT NOT NULL, settle_until DOUBLE PRECISION, keys BYTEA)",
     f"CREATE TABLE IF NOT EXISTS {_CHANGES} (seq BIGSERIAL PRIMARY KEY, list_key BIGINT NOT "
@@ -258,6 +286,78 @@ _LIST_ID = re.compile(r"[0-9]{1,20}")
 #: keys it holds (width 0: one key, the whole blob).
 ROW_KEY_SQL = "CASE width WHEN 0 THEN keys ELSE substr(keys, 1 + width * n, width) END"
 ROW_SIZE_SQL = "CASE width WHEN 0 THEN 1 ELSE length(keys) / width END"
+#: Positions 0..PACKED_ROW_MAX-2 in a packed row's `keys`, as a subquery of column n.
+_PACKED_POSITIONS = (
+    "(SELECT column1 AS n FROM (VALUES "
+    + ", ".join(f"({i})" for i in range(PACKED_ROW_MAX - 1))
+    + "))"
+)
+
+
+def confirmed_keys_sql(schema: str, list_key: int) -> str:
+    """SQL (SQLite) of the confirmed members of a list, column h, in no order: for a reader
+    of the members in SQL (a mirror run's plan), `schema` naming the attached store."""
+    table, key = f"{schema}{_PACKED}", int(list_key)
+    return (
+        f"SELECT h FROM (SELECT lo AS h FROM {table} WHERE list_key = {key} UNION ALL "
+        f"SELECT substr(keys, 1 + width * n, width) FROM {table} CROSS JOIN {_PACKED_POSITIONS} "
+        f"WHERE list_key = {key} AND width > 0 AND n < length(keys) / width)"
+    )
+
+
+def doubtful_keys_sql(schema: str, list_key: int) -> str:
+    """SQL of the identifiers in doubt of a list, column h, in key order."""
+    return f"SELECT h FROM {schema}{_MEMBERS} WHERE list_key = {int(list_key)} AND confirmed = 0"
+
+
+def confirmed_count_sql(schema: str, list_key: int) -> str:
+    """SQL of the number of confirmed members of a list (one pass over its packed rows)."""
+    return (
+        f"SELECT COALESCE(SUM(1 + CASE width WHEN 0 THEN 0 ELSE length(keys) / width END), 0) "
+        f"FROM {schema}{_PACKED} WHERE list_key = {int(list_key)}"
+    )
+
+
+def is_confirmed_sql(schema: str, list_key: int, key: str) -> str:
+    """SQL condition (SQLite): the identifier `key` (an SQL expression) is a confirmed member,
+    found by one seek to the packed row whose range holds it."""
+    table = f"{schema}{_PACKED}"
+    return (
+        f"EXISTS (SELECT 1 FROM (SELECT lo, width, keys FROM {table} WHERE list_key = "
+        f"{int(list_key)} AND lo <= {key} ORDER BY lo DESC LIMIT 1) AS row WHERE row.lo = {key} "
+        f"OR (row.width > 0 AND EXISTS (SELECT 1 FROM {_PACKED_POSITIONS} WHERE n < "
+        f"length(row.keys) / row.width AND substr(row.keys, 1 + row.width * n, row.width) = "
+        f"{key})))"
+    )
+
+
+def packed_rows(keys: Sequence[bytes]) -> list[tuple[bytes, int, bytes]]:
+    """Packed-member rows (lo, width, keys) of keys in key order, up to PACKED_ROW_MAX each:
+    keys of one width together; a key of no usable width (empty, 256 bytes or more) alone
+    (width 0)."""
+    rows: list[tuple[bytes, int, bytes]] = []
+    i, n = 0, len(keys)
+    while i < n:
+        lo = keys[i]
+        width = len(lo)
+        if not 0 < width < 256:
+            rows.append((lo, 0, b""))
+            i += 1
+            continue
+        j = i + 1
+        while j < n and j - i < PACKED_ROW_MAX and len(keys[j]) == width:
+            j += 1
+        rows.append((lo, width, b"".join(keys[i + 1 : j])))
+        i = j
+    return rows
+
+
+def unpacked(lo: bytes, width: int, keys: bytes) -> list[bytes]:
+    """The identifiers of one packed-member row, in key order."""
+    lo, keys = bytes(lo), bytes(keys)
+    if not width:
+        return [lo]
+    return [lo] + [keys[i : i + width] for i in range(0, len(keys), width)]
 
 
 #: The API whose lists need no qualifier in the store (every other one is named).
@@ -800,6 +900,8 @@ class Snapshot:
             #: Per journal entry in flight: its identifiers and encode_all() of them, for
             #: confirm() (at most KEEP_ENCODED, the oldest dropped).
             self._encoded: dict[int, tuple[Sequence[str], tuple[int, bytes] | list[bytes]]] = {}
+            if self.existed:
+                self._migrate_members()
             #: Identifiers earlier runs left in the change log (merge_if_due): 0 once merged.
             self._backlog = self._logged() if self._key >= 0 else 0
             # Writes left unanswered by a run that died are in doubt: a dry run must see
@@ -820,16 +922,13 @@ class Snapshot:
             return False
         with self._lock, self._named():
             self._compact()  # one read when the log is empty
-            row = self._one(
-                f"SELECT 1 FROM {_MEMBERS} WHERE list_key = ? AND confirmed = 1 LIMIT 1",
-                (self._key,),
-            )
+            row = self._one(f"SELECT 1 FROM {_PACKED} WHERE list_key = ? LIMIT 1", (self._key,))
         return row is not None
 
     # ---- SQL helpers (callers hold self._lock) ---------------------------------------
 
     def _drop(self, list_key: int) -> None:
-        for table in (_MEMBERS, _CHANGES, _JOURNAL, _LISTS):
+        for table in (_PACKED, _MEMBERS, _CHANGES, _JOURNAL, _LISTS):
             self._exec(f"DELETE FROM {table} WHERE list_key = ?", (list_key,))
 
     def _sql(self, statement: str) -> str:
@@ -848,14 +947,46 @@ class Snapshot:
     def _one(self, statement: str, params: Sequence[Any] = ()) -> Any:
         return self._exec(statement, params).fetchone()
 
+    def _stream(self, statement: str, params: Sequence[Any] = ()) -> Iterator[Any]:
+        """A query's rows, fetched a page at a time. PostgreSQL: through a server-side cursor,
+        for a client-side one holds every row in memory (a merge may read millions)."""
+        if self._sqlite:
+            cursor = self._conn.cursor()
+        else:
+            cursor = self._conn.cursor(name=f"pinterest_snapshot_{next(_CURSOR_NAMES)}")
+        try:
+            cursor.execute(self._sql(statement), tuple(params))
+            while True:
+                rows = cursor.fetchmany(PAGE_SIZE)
+                if not rows:
+                    return
+                yield from rows
+        finally:
+            cursor.close()
+
+    def _insert_values(
+        self, table: str, columns: str, rows: Sequence[Sequence[Any]], suffix: str = ""
+    ) -> None:
+        """Rows inserted many per statement: executemany runs a statement per row, and each
+        one lets go of Python's lock and waits to get it back from the thread reading the
+        input."""
+        if not rows:
+            return
+        marks = "(" + ", ".join(["?"] * len(rows[0])) + ")"
+        per_statement = max(1, APPEND_VALUES_PER_STATEMENT // len(rows[0]))
+        for start in range(0, len(rows), per_statement):
+            part = rows[start : start + per_statement]
+            values = ", ".join([marks] * len(part))
+            self._exec(
+                f"INSERT INTO {table} ({columns}) VALUES {values}{suffix}",
+                [value for row in part for value in row],
+            )
+
     def _count_merged(self) -> int:
-        """Confirmed members in the members table (the change log not merged: see count)."""
+        """Confirmed members in the packed members (the change log not merged: see count)."""
         if self._key < 0:
             return 0
-        row = self._one(
-            f"SELECT COUNT(*) FROM {_MEMBERS} WHERE list_key = ? AND confirmed = 1", (self._key,)
-        )
-        return int(row[0])
+        return int(self._one(confirmed_count_sql("", self._key))[0])
 
     def _logged(self) -> int:
         """Identifiers in the change log of this list."""
@@ -917,58 +1048,162 @@ class Snapshot:
 
     def _append_rows(self, rows: list[tuple[int, bytes]], state: int) -> None:
         key = self._key
-        # Many rows per statement: executemany runs a statement per row, and each one lets
-        # go of Python's lock and waits to get it back from the thread reading the input.
-        for start in range(0, len(rows), APPEND_ROWS_PER_STATEMENT):
-            part = rows[start : start + APPEND_ROWS_PER_STATEMENT]
-            self._exec(
-                f"INSERT INTO {_CHANGES} (list_key, state, width, keys) VALUES "
-                + ", ".join(["(?, ?, ?, ?)"] * len(part)),
-                [value for width, blob in part for value in (key, state, width, blob)],
-            )
+        self._insert_values(
+            _CHANGES,
+            "list_key, state, width, keys",
+            [(key, state, width, blob) for width, blob in rows],
+        )
 
     def _compact(self) -> None:
-        """Merge the change log into the members, in key order, keeping each identifier's
-        latest state; in one transaction, so a crash leaves either the log or its result."""
+        """Merge the change log into the members, each identifier's latest state winning: a
+        member goes into the packed rows, one in doubt into the doubt rows, one gone out of
+        both. In one transaction, so a crash leaves either the log or its result."""
         if self._key < 0:
             return
-        (last,) = self._one(f"SELECT MAX(seq) FROM {_CHANGES} WHERE list_key = ?", (self._key,))
+        key = self._key
+        (last,) = self._one(f"SELECT MAX(seq) FROM {_CHANGES} WHERE list_key = ?", (key,))
         if last is None:
             return
         # Two integers of ours, inlined.
-        where = f"list_key = {int(self._key)} AND seq <= {int(last)}"
-        state = f"CASE state WHEN {MEMBER} THEN 1 WHEN {IN_DOUBT} THEN 0 ELSE -1 END"
+        where = f"list_key = {int(key)} AND seq <= {int(last)}"
         # Each row unpacked by position (CROSS JOIN: the row outside, so it is read once).
-        unpacked = f"FROM {_CHANGES} CROSS JOIN nums WHERE {where} AND n < {ROW_SIZE_SQL}"
-        # Rows go in key order (the members B-tree is written page after page, not at
-        # random); a GONE identifier becomes -1, deleted below unless a later row revived it.
-        if self._sqlite:
-            # SQLite applies the rows one by one, in this order: the latest state wins.
-            rows = f"SELECT ?, {ROW_KEY_SQL} AS k, {state} {unpacked} ORDER BY k, seq"
-        else:
-            # PostgreSQL takes each key once per statement: its latest row.
-            rows = (
-                f"SELECT ?, h, confirmed FROM (SELECT DISTINCT ON (h) h, {state} AS confirmed "
-                f"FROM (SELECT {ROW_KEY_SQL} AS h, seq, state {unpacked}) AS log "
-                "ORDER BY h, seq DESC) AS latest WHERE true"
+        unpacked_log = f"FROM {_CHANGES} CROSS JOIN nums WHERE {where} AND n < {ROW_SIZE_SQL}"
+        if self._one(f"SELECT 1 FROM {_MEMBERS} WHERE list_key = ? LIMIT 1", (key,)):
+            # No longer in doubt once the log settles it (the latest row may put it back).
+            self._exec(
+                f"WITH {ROW_POSITIONS_SQL} DELETE FROM {_MEMBERS} WHERE list_key = ? AND h IN "
+                f"(SELECT {ROW_KEY_SQL} {unpacked_log} AND state != {IN_DOUBT})",
+                (key,),
             )
-        self._exec(
-            f"WITH {ROW_POSITIONS_SQL} INSERT INTO {_MEMBERS} (list_key, h, confirmed) {rows} "
-            "ON CONFLICT (list_key, h) DO UPDATE SET confirmed = excluded.confirmed",
-            (self._key,),
-        )
-        self._exec(
-            f"WITH {ROW_POSITIONS_SQL} DELETE FROM {_MEMBERS} WHERE list_key = ? "
-            f"AND confirmed = -1 AND h IN (SELECT {ROW_KEY_SQL} {unpacked} AND state = {GONE})",
-            (self._key,),
-        )
+        if self._sqlite:
+            # With max(), SQLite takes the other columns from the row of the maximum.
+            latest = (
+                f"WITH {ROW_POSITIONS_SQL} SELECT {ROW_KEY_SQL} AS k, state, MAX(seq) "
+                f"{unpacked_log} GROUP BY k ORDER BY k"
+            )
+        else:
+            latest = (
+                f"WITH {ROW_POSITIONS_SQL} SELECT DISTINCT ON (h) h, state FROM (SELECT "
+                f"{ROW_KEY_SQL} AS h, seq, state {unpacked_log}) AS log ORDER BY h, seq DESC"
+            )
+        doubtful: list[tuple[int, bytes, int]] = []
+
+        def settle_doubt() -> None:
+            columns = "list_key, h, confirmed"
+            self._insert_values(
+                _MEMBERS, columns, doubtful, " ON CONFLICT (list_key, h) DO NOTHING"
+            )
+            doubtful.clear()
+
+        def changes() -> Iterator[tuple[bytes, bool]]:
+            for row in self._stream(latest):
+                h, state = bytes(row[0]), row[1]
+                if state == IN_DOUBT:
+                    doubtful.append((key, h, 0))
+                    if len(doubtful) >= _PACKED_BATCH:
+                        settle_doubt()
+                yield h, state == MEMBER
+
+        self._merge_packed(changes())
+        settle_doubt()
         self._exec(f"DELETE FROM {_CHANGES} WHERE {where}")
         self._conn.commit()
 
+    def _migrate_members(self) -> None:
+        """Members kept a row each (stores made before the members were packed) move into
+        packed rows, in one transaction."""
+        key = self._key
+        if not self._one(
+            f"SELECT 1 FROM {_MEMBERS} WHERE list_key = ? AND confirmed = 1 LIMIT 1", (key,)
+        ):
+            return
+        rows = self._stream(
+            f"SELECT h FROM {_MEMBERS} WHERE list_key = ? AND confirmed = 1 ORDER BY h", (key,)
+        )
+        self._merge_packed((bytes(h), True) for (h,) in rows)
+        self._exec(f"DELETE FROM {_MEMBERS} WHERE list_key = ? AND confirmed = 1", (key,))
+        self._conn.commit()
+
+    def _merge_packed(self, changes: Iterator[tuple[bytes, bool]]) -> None:
+        """Apply (identifier, member?) changes, in key order and each identifier once, to
+        the packed members. Only the rows whose ranges the changes fall in are read and
+        rewritten: a seek per run of changes that share a row, not a pass over the list."""
+        key = self._key
+        deletes: list[tuple[int, bytes]] = []
+        inserts: list[tuple[int, bytes, int, bytes]] = []
+        out: list[bytes] = []
+
+        def emit(keys: Sequence[bytes]) -> None:
+            inserts.extend((key, lo, width, blob) for lo, width, blob in packed_rows(keys))
+
+        def flush() -> None:
+            # Deletes first: a new row may take the `lo` of one it replaces.
+            self._many(f"DELETE FROM {_PACKED} WHERE list_key = ? AND lo = ?", deletes)
+            self._insert_values(_PACKED, "list_key, lo, width, keys", inserts)
+            deletes.clear()
+            inserts.clear()
+
+        def next_row(after: bytes) -> Any:
+            return self._one(
+                f"SELECT lo, width, keys FROM {_PACKED} WHERE list_key = ? AND lo > ? "
+                "ORDER BY lo LIMIT 1",
+                (key, after),
+            )
+
+        change = next(changes, None)
+        while change is not None:
+            # The row whose range holds the change (or the first row, for an identifier
+            # below every row's), and the next row, whose `lo` ends that range. Rows
+            # rewritten so far all lie below it: the batches not yet written do not matter.
+            rows = self._exec(
+                f"SELECT lo, width, keys FROM {_PACKED} WHERE list_key = ? AND lo >= COALESCE("
+                f"(SELECT lo FROM {_PACKED} WHERE list_key = ? AND lo <= ? ORDER BY lo DESC "
+                "LIMIT 1), ?) ORDER BY lo LIMIT 2",
+                (key, key, change[0], b""),
+            ).fetchall()
+            current: list[bytes] = []
+            following: Any = rows[1] if len(rows) > 1 else None
+            if rows:
+                deletes.append((key, bytes(rows[0][0])))
+                current = unpacked(*rows[0])
+            while True:
+                upper = bytes(following[0]) if following is not None else None
+                i = 0
+                while change is not None and (upper is None or change[0] < upper):
+                    h, member = change
+                    while i < len(current) and current[i] < h:
+                        out.append(current[i])
+                        i += 1
+                    if i < len(current) and current[i] == h:
+                        i += 1
+                    if member:
+                        out.append(h)
+                    change = next(changes, None)
+                    if len(out) >= PACKED_ROW_KEYS + PACKED_ROW_MAX:
+                        emit(out[:PACKED_ROW_KEYS])
+                        del out[:PACKED_ROW_KEYS]
+                        if len(inserts) >= _PACKED_BATCH:
+                            flush()
+                out.extend(current[i:])
+                if not 0 < len(out) < PACKED_ROW_MIN or upper is None:
+                    break
+                # Too few left: the next row joins this one (its range too).
+                deletes.append((key, upper))
+                current = unpacked(*following)
+                following = next_row(upper)
+            while len(out) > PACKED_ROW_MAX:
+                emit(out[:PACKED_ROW_KEYS])
+                del out[:PACKED_ROW_KEYS]
+            emit(out)
+            out.clear()
+            if len(inserts) >= _PACKED_BATCH or len(deletes) >= _PACKED_BATCH:
+                flush()
+        flush()
+
     def merge_if_due(self) -> None:
         """The writer thread, between batches: merge the change log when earlier runs left
-        MERGE_MIN_KEYS identifiers or more in it (the SQL runs without Python's lock,
-        alongside the main thread reading the input). At most once a run, and never for
+        MERGE_MIN_KEYS identifiers or more in it (alongside the main thread reading the
+        input; its sorting and reading run without Python's lock). At most once a run, and never for
         the run's own writes alone: a pipeline of events runs keeps its log bounded (about
         MERGE_MIN_KEYS plus a run's writes), and each run pays for one merge at most."""
         if self._backlog < MERGE_MIN_KEYS or self.readonly:
@@ -1085,38 +1320,67 @@ class Snapshot:
             raise SnapshotError(_unreadable(self._path, exc)) from None
 
     def pages(self) -> Iterator[list[tuple[bytes, bool]]]:
-        """Every member (key, confirmed) in key order, a page at a time.
+        """Every member (key, confirmed) in key order, a page at a time: the confirmed
+        members and those in doubt, merged.
 
-        Each page is a fresh query after the last key seen, so rows may be changed while
-        the pages are read.
+        Each page of either is a fresh query after the last key seen, so rows may be changed
+        while the pages are read.
         """
         if self._key < 0:
             return
         with self._lock, self._named():
             self._compact()
+        confirmed = ((h, True) for h in self._confirmed_keys())
+        doubtful = ((h, False) for h in self._doubtful_keys())
+        page: list[tuple[bytes, bool]] = []
+        for member in heapq.merge(confirmed, doubtful):
+            page.append(member)
+            if len(page) >= PAGE_SIZE:
+                yield page
+                page = []
+        if page:
+            yield page
+
+    def _confirmed_keys(self) -> Iterator[bytes]:
         last = b""
         while True:
             with self._lock, self._named():
                 rows = self._exec(
-                    f"SELECT h, confirmed FROM {_MEMBERS} WHERE list_key = ? AND h > ? "
-                    f"ORDER BY h LIMIT {PAGE_SIZE}",
+                    f"SELECT lo, width, keys FROM {_PACKED} WHERE list_key = ? AND lo > ? "
+                    f"ORDER BY lo LIMIT {PAGE_SIZE // PACKED_ROW_KEYS}",
                     (self._key, last),
                 ).fetchall()
             if not rows:
                 return
-            page = [(bytes(h), bool(confirmed)) for h, confirmed in rows]
-            yield page
-            last = page[-1][0]
+            for row in rows:
+                yield from unpacked(*row)
+            last = bytes(rows[-1][0])
 
-    def sqlite_members(self) -> tuple[Path, str, int] | None:
+    def _doubtful_keys(self) -> Iterator[bytes]:
+        last = b""
+        while True:
+            with self._lock, self._named():
+                rows = self._exec(
+                    f"SELECT h FROM {_MEMBERS} WHERE list_key = ? AND h > ? ORDER BY h "
+                    f"LIMIT {PAGE_SIZE}",
+                    (self._key, last),
+                ).fetchall()
+            if not rows:
+                return
+            for (h,) in rows:
+                yield bytes(h)
+            last = bytes(rows[-1][0])
+
+    def sqlite_members(self) -> tuple[Path, int] | None:
         """For a reader of the members in SQL (a mirror run's plan): the change log merged
-        first, then where the members are: (SQLite file, table, list key), to be attached
-        read-only on another connection; None in PostgreSQL (read them with pages())."""
+        first, then where the members are: (SQLite file, list key), to be attached read-only
+        on another connection and read with confirmed_keys_sql and doubtful_keys_sql; None
+        in PostgreSQL (read them with pages())."""
         if self._path is None or self._key < 0:
             return None
         with self._lock, self._named():
             self._compact()
-        return self._path, _MEMBERS, self._key
+        return self._path, self._key
 
     def set_list_type(self, list_type: str) -> None:
         """Remember the kind a list was created with (Pinterest's answers do not say it).
@@ -1139,7 +1403,11 @@ class Snapshot:
         if self._key < 0:
             return False
         with self._lock:
-            row = self._one(f"SELECT 1 FROM {_MEMBERS} WHERE list_key = ? LIMIT 1", (self._key,))
+            row = self._one(f"SELECT 1 FROM {_PACKED} WHERE list_key = ? LIMIT 1", (self._key,))
+            if row is None:
+                row = self._one(
+                    f"SELECT 1 FROM {_MEMBERS} WHERE list_key = ? LIMIT 1", (self._key,)
+                )
             if row is None:
                 row = self._one(
                     f"SELECT 1 FROM {_CHANGES} WHERE list_key = ? LIMIT 1", (self._key,)

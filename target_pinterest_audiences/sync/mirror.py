@@ -39,6 +39,10 @@ from target_pinterest_audiences.store.snapshot import (
     ROW_SIZE_SQL,
     KeyCodec,
     Snapshot,
+    confirmed_count_sql,
+    confirmed_keys_sql,
+    doubtful_keys_sql,
+    is_confirmed_sql,
 )
 from target_pinterest_audiences.sync.report import Report
 from target_pinterest_audiences.sync.writer import Writer
@@ -410,7 +414,7 @@ class RunSet:
         return plan
 
     def _plan_in_sql(
-        self, path: Path, table: str, list_key: int, *, snapshot_new: bool, streamed: bool
+        self, path: Path, list_key: int, *, snapshot_new: bool, streamed: bool
     ) -> Plan:
         """The plan of a SQLite snapshot: its file attached (read-only) to the run set, and
         the difference computed by merges in SQL, never a Python loop over the members.
@@ -429,23 +433,22 @@ class RunSet:
             union = " UNION " if distinct else " UNION ALL "
             return f"SELECT h FROM ({union.join(arms)} ORDER BY 1)"
 
-        # Two integers of ours, inlined.
-        snap = f"SELECT h FROM snap.{table} WHERE list_key = {int(list_key)}"
+        # The snapshot's confirmed members come unpacked, in no order (the merges sort them);
+        # those in doubt are few, read in key order.
+        confirmed_keys = confirmed_keys_sql("snap.", list_key)
+        held = f"SELECT h FROM ({confirmed_keys} UNION ALL {doubtful_keys_sql('snap.', list_key)})"
         absent = ""
         if snapshot_new and self.any_absent:
             absent = f" UNION {keys(f'want = {WANT_ABSENT}', schema='s.')}"
         merges = {
-            "adds": f"{keys(f'want = {WANT_MEMBER}', schema='s.')} EXCEPT {snap} AND "
-            "confirmed = 1 ORDER BY 1",
-            "removals": f"{snap} EXCEPT {keys(f'want != {WANT_ABSENT}', schema='s.')}{absent} "
+            "adds": f"{keys(f'want = {WANT_MEMBER}', schema='s.')} EXCEPT {confirmed_keys} "
+            "ORDER BY 1",
+            "removals": f"{held} EXCEPT {keys(f'want != {WANT_ABSENT}', schema='s.')}{absent} "
             "ORDER BY 1",
         }
         errors: list[BaseException] = []
         # The snapshot's confirmed members, counted alongside (one more pass over it).
-        counts = {
-            "removals": f"SELECT COUNT(*) FROM snap.{table} WHERE list_key = {int(list_key)} "
-            "AND confirmed = 1"
-        }
+        counts = {"removals": confirmed_count_sql("snap.", list_key)}
         confirmed: list[int] = []
 
         def merge(name: str) -> None:
@@ -472,8 +475,8 @@ class RunSet:
         conn.execute("ATTACH ? AS snap", (snapshot_uri,))
         try:
             (removals_of_members,) = conn.execute(
-                f"SELECT COUNT(*) FROM removals WHERE EXISTS ({snap} AND confirmed = 1 AND "
-                "h = removals.h)"
+                "SELECT COUNT(*) FROM removals WHERE "
+                + is_confirmed_sql("snap.", list_key, "removals.h")
             ).fetchone()
             (plan.confirmed,) = confirmed
             if self.any_absent or self.any_keep:
