@@ -89,9 +89,6 @@ PACKED_ROW_MAX = 16
 #: A rewritten row left with fewer members than this takes in the next row (removals must
 #: not leave a list of near-empty rows).
 PACKED_ROW_MIN = 4
-#: A merge reads every packed row in key order, not one seek per row it touches, when its
-#: identifiers number at least one per PACKED_SCAN_SHARE rows.
-PACKED_SCAN_SHARE = 16
 _JOURNAL = "pinterest_audience_snapshot_journal"
 #: The change log: confirmed changes not yet merged into the members, packed.
 _CHANGES = "pinterest_audience_snapshot_changes"
@@ -1080,38 +1077,45 @@ class Snapshot:
             )
         if self._sqlite:
             # With max(), SQLite takes the other columns from the row of the maximum.
-            latest = (
-                f"WITH {ROW_POSITIONS_SQL} SELECT {ROW_KEY_SQL} AS k, state, MAX(seq) "
-                f"{unpacked_log} GROUP BY k ORDER BY k"
-            )
+            latest = f"SELECT {ROW_KEY_SQL} AS h, state, MAX(seq) {unpacked_log} GROUP BY h"
         else:
             latest = (
-                f"WITH {ROW_POSITIONS_SQL} SELECT DISTINCT ON (h) h, state FROM (SELECT "
-                f"{ROW_KEY_SQL} AS h, seq, state {unpacked_log}) AS log ORDER BY h, seq DESC"
+                f"SELECT DISTINCT ON (h) h, state FROM (SELECT {ROW_KEY_SQL} AS h, seq, state "
+                f"{unpacked_log}) AS log ORDER BY h, seq DESC"
             )
         doubtful: list[tuple[int, bytes, int]] = []
 
         def settle_doubt() -> None:
-            columns = "list_key, h, confirmed"
-            self._insert_values(
-                _MEMBERS, columns, doubtful, " ON CONFLICT (list_key, h) DO NOTHING"
-            )
+            conflict = " ON CONFLICT (list_key, h) DO NOTHING"
+            self._insert_values(_MEMBERS, "list_key, h, confirmed", doubtful, conflict)
             doubtful.clear()
 
-        def changes() -> Iterator[tuple[bytes, bool]]:
-            for row in self._stream(latest):
-                h, state = bytes(row[0]), row[1]
-                if state == IN_DOUBT:
-                    doubtful.append((key, h, 0))
+        def changes() -> Iterator[Any]:
+            for change in self._stream(
+                f"WITH {ROW_POSITIONS_SQL}, latest AS ({latest}) "
+                + self._with_rows("SELECT h, state", "latest")
+            ):
+                if change[1] == IN_DOUBT:
+                    doubtful.append((key, bytes(change[0]), 0))
                     if len(doubtful) >= _PACKED_BATCH:
                         settle_doubt()
-                yield h, state == MEMBER
+                yield change
 
-        (logged,) = self._one(f"SELECT SUM({ROW_SIZE_SQL}) FROM {_CHANGES} WHERE {where}")
-        self._merge_packed(changes(), int(logged or 0))
+        self._merge_packed(changes())
         settle_doubt()
         self._exec(f"DELETE FROM {_CHANGES} WHERE {where}")
         self._conn.commit()
+
+    def _with_rows(self, select: str, source: str) -> str:
+        """SQL: each identifier `h` of `source` (in key order) with the packed row whose range
+        holds it (lo, width, keys; NULL below the first row), found by one seek each in the
+        database, so that Python handles only the rows the identifiers touch."""
+        key = int(self._key)  # an integer of ours, inlined
+        return (
+            f"{select}, p.lo, p.width, p.keys FROM {source} AS c LEFT JOIN {_PACKED} AS p ON "
+            f"p.list_key = {key} AND p.lo = (SELECT lo FROM {_PACKED} WHERE list_key = {key} "
+            "AND lo <= c.h ORDER BY lo DESC LIMIT 1) ORDER BY c.h"
+        )
 
     def _migrate_members(self) -> None:
         """Members kept a row each (stores made before the members were packed) move into
@@ -1121,24 +1125,23 @@ class Snapshot:
             f"SELECT 1 FROM {_MEMBERS} WHERE list_key = ? AND confirmed = 1 LIMIT 1", (key,)
         ):
             return
-        rows = self._stream(
-            f"SELECT h FROM {_MEMBERS} WHERE list_key = ? AND confirmed = 1 ORDER BY h", (key,)
-        )
-        self._merge_packed((bytes(h), True) for (h,) in rows)
+        source = f"(SELECT h FROM {_MEMBERS} WHERE list_key = {int(key)} AND confirmed = 1)"
+        self._merge_packed(iter(self._stream(self._with_rows(f"SELECT h, {MEMBER}", source))))
         self._exec(f"DELETE FROM {_MEMBERS} WHERE list_key = ? AND confirmed = 1", (key,))
         self._conn.commit()
 
-    def _merge_packed(self, changes: Iterator[tuple[bytes, bool]], expected: int = 0) -> None:
-        """Apply (identifier, member?) changes, in key order and each identifier once, to
-        the packed members. Only the rows whose ranges the changes fall in are rewritten.
-        They are found by a seek per row touched, or, when the `expected` changes are many
-        for the rows there are (PACKED_SCAN_SHARE), by one pass over the rows in key order
-        (at 10M members and 1% churn a pass costs a third of the seeks)."""
+    def _merge_packed(self, changes: Iterator[Any]) -> None:
+        """Apply changes to the packed members: rows (identifier, state, and the packed row
+        whose range holds it: lo, width, keys, or NULLs), in key order, each identifier once.
+        A MEMBER state puts the identifier in, any other takes it out. Only the rows the
+        changes fall in are rewritten (a row left with too few members takes in the next)."""
         key = self._key
         deletes: list[tuple[int, bytes]] = []
         updates: list[tuple[int, bytes, int, bytes]] = []
         inserts: list[tuple[int, bytes, int, bytes]] = []
-        around, after = self._packed_finder(expected)
+        out: list[bytes] = []
+        replaced: list[bytes] = []  # `lo` of the rows the block replaces, not deleted yet
+        last = [b""]  # `lo` of the last row the block took in (its members may still be out)
 
         def flush() -> None:
             # Deletes first: a new row may take the `lo` of one it replaces.
@@ -1152,46 +1155,49 @@ class Snapshot:
             updates.clear()
             inserts.clear()
 
-        change = next(changes, None)
-        while change is not None:
-            # The row whose range holds the change (or the first row, for an identifier
-            # below every row's), and the next row, whose `lo` ends that range. Rows
-            # rewritten so far all lie below it: the batches not yet written do not matter.
-            row, following = around(change[0])
-            replaced: list[bytes] = []  # `lo` of the rows this block replaces, not deleted yet
-            current: list[bytes] = []
-            if row is not None:
-                replaced.append(bytes(row[0]))
-                current = unpacked(*row)
-            out: list[bytes] = []
-            while True:
-                upper = bytes(following[0]) if following is not None else None
-                i = 0
-                while change is not None and (upper is None or change[0] < upper):
-                    h, member = change
-                    while i < len(current) and current[i] < h:
-                        out.append(current[i])
-                        i += 1
-                    if i < len(current) and current[i] == h:
-                        i += 1
-                    if member:
-                        out.append(h)
-                    change = next(changes, None)
-                    if len(out) >= PACKED_ROW_KEYS + PACKED_ROW_MAX:
-                        # A long run of adds (a first run): written as it comes.
-                        deletes.extend((key, lo) for lo in replaced)
-                        replaced.clear()
-                        inserts.extend((key, *r) for r in packed_rows(out[:PACKED_ROW_KEYS]))
-                        del out[:PACKED_ROW_KEYS]
-                        if len(inserts) >= _PACKED_BATCH:
-                            flush()
-                out.extend(current[i:])
-                if not 0 < len(out) < PACKED_ROW_MIN or upper is None:
+        def merge(lo: bytes | None, width: int, keys: bytes, row: Any) -> Any:
+            """The changes from `row` on that fall in the row `lo` (None: below the first
+            row) merged with its members into `out`; returns the first change after them."""
+            current = unpacked(lo, width, keys) if lo is not None else []
+            if lo is not None:
+                replaced.append(lo)
+                last[0] = lo
+            i, n = 0, len(current)
+            while row is not None and row[2] == lo:
+                h = bytes(row[0])
+                while i < n and current[i] < h:
+                    out.append(current[i])
+                    i += 1
+                if i < n and current[i] == h:
+                    i += 1
+                if row[1] == MEMBER:
+                    out.append(h)
+                row = next(changes, None)
+                if len(out) >= PACKED_ROW_KEYS + PACKED_ROW_MAX:
+                    # A long run of adds (a first run): written as it comes.
+                    deletes.extend((key, old) for old in replaced)
+                    replaced.clear()
+                    inserts.extend((key, *r) for r in packed_rows(out[:PACKED_ROW_KEYS]))
+                    del out[:PACKED_ROW_KEYS]
+                    if len(inserts) >= _PACKED_BATCH:
+                        flush()
+            out.extend(current[i:])
+            return row
+
+        row = next(changes, None)
+        while row is not None:
+            lo = bytes(row[2]) if row[2] is not None else None
+            row = merge(lo, row[3], row[4], row)
+            while 0 < len(out) < PACKED_ROW_MIN:
+                # Too few left: the next row joins (its changes, if any, come next).
+                following = self._one(
+                    f"SELECT lo, width, keys FROM {_PACKED} WHERE list_key = ? AND lo > ? "
+                    "ORDER BY lo LIMIT 1",
+                    (key, max(last[0], out[-1])),
+                )
+                if following is None:
                     break
-                # Too few left: the next row joins this one (its range too).
-                replaced.append(upper)
-                current = unpacked(*following)
-                following = after()
+                row = merge(bytes(following[0]), following[1], following[2], row)
             rows: list[tuple[bytes, int, bytes]] = []
             while len(out) > PACKED_ROW_MAX:
                 rows.extend(packed_rows(out[:PACKED_ROW_KEYS]))
@@ -1200,73 +1206,13 @@ class Snapshot:
             if len(replaced) == 1 and len(rows) == 1 and rows[0][0] == replaced[0]:
                 updates.append((key, *rows[0]))  # the common case: one row, same first key
             else:
-                deletes.extend((key, lo) for lo in replaced)
+                deletes.extend((key, old) for old in replaced)
                 inserts.extend((key, *r) for r in rows)
+            out.clear()
+            replaced.clear()
             if max(len(inserts), len(updates), len(deletes)) >= _PACKED_BATCH:
                 flush()
         flush()
-
-    def _packed_finder(
-        self, expected: int
-    ) -> tuple[Callable[[bytes], tuple[Any, Any]], Callable[[], Any]]:
-        """For _merge_packed: `around(k)`, the row whose range holds k (or the first row)
-        and the row after it; `after()`, the row after the last one given. By seeks, or by
-        one pass in key order when the changes are many for the rows."""
-        key = self._key
-        rows = 0
-        if expected:
-            (rows,) = self._one(f"SELECT COUNT(*) FROM {_PACKED} WHERE list_key = ?", (key,))
-        if not expected or expected * PACKED_SCAN_SHARE < rows:
-            last: list[Any] = [None]
-
-            def seek(k: bytes) -> tuple[Any, Any]:
-                found = self._exec(
-                    f"SELECT lo, width, keys FROM {_PACKED} WHERE list_key = ? AND lo >= "
-                    f"COALESCE((SELECT lo FROM {_PACKED} WHERE list_key = ? AND lo <= ? "
-                    "ORDER BY lo DESC LIMIT 1), ?) ORDER BY lo LIMIT 2",
-                    (key, key, k, b""),
-                ).fetchall()
-                last[0] = found[1] if len(found) > 1 else None
-                return (found[0] if found else None), last[0]
-
-            def next_by_seek() -> Any:
-                last[0] = self._one(
-                    f"SELECT lo, width, keys FROM {_PACKED} WHERE list_key = ? AND lo > ? "
-                    "ORDER BY lo LIMIT 1",
-                    (key, bytes(last[0][0])),
-                )
-                return last[0]
-
-            return seek, next_by_seek
-
-        def in_order() -> Iterator[Any]:
-            # Pages after the last `lo` read: rows written meanwhile all lie below it.
-            page = self._exec(
-                f"SELECT lo, width, keys FROM {_PACKED} WHERE list_key = ? ORDER BY lo LIMIT ?",
-                (key, _PACKED_BATCH),
-            ).fetchall()
-            while page:
-                yield from page
-                page = self._exec(
-                    f"SELECT lo, width, keys FROM {_PACKED} WHERE list_key = ? AND lo > ? "
-                    "ORDER BY lo LIMIT ?",
-                    (key, bytes(page[-1][0]), _PACKED_BATCH),
-                ).fetchall()
-
-        ordered = in_order()
-        state = [next(ordered, None), None]
-        state[1] = next(ordered, None)
-
-        def scan(k: bytes) -> tuple[Any, Any]:
-            while state[1] is not None and bytes(state[1][0]) <= k:
-                state[0], state[1] = state[1], next(ordered, None)
-            return state[0], state[1]
-
-        def next_in_order() -> Any:
-            state[0], state[1] = state[1], next(ordered, None)
-            return state[1]
-
-        return scan, next_in_order
 
     def merge_if_due(self) -> None:
         """The writer thread, between batches: merge the change log when earlier runs left
