@@ -52,7 +52,7 @@ def open_snapshot(store: SnapshotStore) -> Snapshot:
     return snapshot
 
 
-@pytest.fixture(params=["sqlite", "sqlite-python-merge", "postgres"])
+@pytest.fixture(params=["sqlite", "sqlite-copy", "sqlite-python-merge", "postgres"])
 def snapshot(request, tmp_path: Path, monkeypatch):
     url = None
     if request.param == "postgres":
@@ -64,6 +64,16 @@ def snapshot(request, tmp_path: Path, monkeypatch):
     if request.param == "sqlite-python-merge":
         # The merge PostgreSQL snapshots get, on a SQLite one: both must agree.
         monkeypatch.setattr(opened, "sqlite_members", lambda: None)
+    if request.param == "sqlite-copy":
+        # As in a run that did not stream: the members copied in key order while reading.
+        plan = RunSet.plan
+
+        def plan_from_copy(self, snapshot, **kwargs):
+            self.copy_members(snapshot)
+            assert self._copy is not None
+            return plan(self, snapshot, **kwargs)
+
+        monkeypatch.setattr(RunSet, "plan", plan_from_copy)
     yield opened
     opened.close()
     store.close()
@@ -205,3 +215,26 @@ def test_an_identifier_added_twice_counts_once(tmp_path):
         assert runset.distinct_added() == 50  # asked again: the same
     finally:
         runset.close()
+
+
+def test_a_copy_of_members_that_changed_since_is_not_used(tmp_path):
+    """The members are copied while the input is read; members confirmed after that (the
+    plan merges the change log first) make the copy stale: the plan reads the snapshot."""
+    store = SnapshotStore(ad_account_id="1", logger=logging.getLogger("test"), directory=tmp_path)
+    snapshot = open_snapshot(store)
+    runset = RunSet(snapshot.codec)
+    try:
+        runset.copy_members(snapshot)
+        assert runset._copy is not None
+        runset._copy[0].join()  # copied before the change
+        entry = snapshot.journal("ADD", [key(40)], 0.0)
+        snapshot.confirm(entry, "ADD", [key(40)], [])
+        runset.put(CONFIRMED, [], [])
+        plan = runset.plan(snapshot, snapshot_new=False, streamed=False)
+        removals = [k for chunk in runset.planned("removals", 1000) for k in chunk]
+    finally:
+        runset.close()
+        snapshot.close()
+        store.close()
+    assert removals == [key(10), key(11), key(40)]  # in doubt (10, 11), confirmed since (40)
+    assert plan.confirmed == len(CONFIRMED) + 1 and plan.removals_of_members == 1

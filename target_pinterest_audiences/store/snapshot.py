@@ -897,6 +897,9 @@ class Snapshot:
             self.landing: dict[str, tuple[float, float]] = {}
             #: Per journal entry of this run: the settle time stored for it.
             self._settles: dict[int, float] = {}
+            #: How many times the merged members changed (a merge of the change log, a move
+            #: of members kept a row each): a copy made of them is stale once it differs.
+            self.generation = 0
             #: Per journal entry in flight: its identifiers and encode_all() of them, for
             #: confirm() (at most KEEP_ENCODED, the oldest dropped).
             self._encoded: dict[int, tuple[Sequence[str], tuple[int, bytes] | list[bytes]]] = {}
@@ -1105,6 +1108,7 @@ class Snapshot:
         settle_doubt()
         self._exec(f"DELETE FROM {_CHANGES} WHERE {where}")
         self._conn.commit()
+        self.generation += 1
 
     def _with_rows(self, select: str, source: str) -> str:
         """SQL: each identifier `h` of `source` (in key order) with the packed row whose range
@@ -1129,6 +1133,7 @@ class Snapshot:
         self._merge_packed(iter(self._stream(self._with_rows(f"SELECT h, {MEMBER}", source))))
         self._exec(f"DELETE FROM {_MEMBERS} WHERE list_key = ? AND confirmed = 1", (key,))
         self._conn.commit()
+        self.generation += 1
 
     def _merge_packed(self, changes: Iterator[Any]) -> None:
         """Apply changes to the packed members: rows (identifier, state, and the packed row

@@ -26,7 +26,7 @@ import sqlite3
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
@@ -141,6 +141,10 @@ class RunSet:
         #: Set once the input is read: a merge of chunks in progress is given up.
         self._finishing = threading.Event()
         self._sort_error: BaseException | None = None
+        #: The copy of the snapshot's members (copy_members): its thread, connection, the
+        #: snapshot's generation copied, the file's URI; and what the copy raised.
+        self._copy: tuple[threading.Thread, sqlite3.Connection, int, str] | None = None
+        self._copy_error: BaseException | None = None
         #: Whether any batch said `remove`, or named a skipped record's identifiers: without
         #: either, every identifier of the run is a member, whichever chunk names it.
         self.any_absent = False
@@ -403,19 +407,78 @@ class RunSet:
             if members is None:
                 plan = self._plan_in_python(snapshot, snapshot_new=snapshot_new, streamed=streamed)
             else:
+                assert snapshot is not None
                 try:
-                    plan = self._plan_in_sql(*members, snapshot_new=snapshot_new, streamed=streamed)
+                    source = self._copied(snapshot) or _packed_source(*members)
+                    plan = self._plan_in_sql(source, snapshot_new=snapshot_new, streamed=streamed)
                 except sqlite3.DatabaseError as exc:
-                    if snapshot is not None and self._snapshot_damaged(members[0]):
+                    if self._snapshot_damaged(members[0]):
                         raise snapshot.unreadable(exc) from None
                     raise
             plan.adds = self._count("adds")
             plan.removals = self._count("removals")
         return plan
 
-    def _plan_in_sql(
-        self, path: Path, list_key: int, *, snapshot_new: bool, streamed: bool
-    ) -> Plan:
+    def copy_members(self, snapshot: Snapshot) -> None:
+        """Start copying a SQLite snapshot's members into the run set in key order, in a
+        thread, while the input is read: the plan then merges them as they are (packed,
+        they would have to be sorted at the end, in front of every write). Not used if the
+        snapshot's members change before the plan (see _copied)."""
+        members = snapshot.sqlite_members()
+        if members is None or self._copy is not None:
+            return
+        path, list_key = members
+        target = Path(self._dir) / "held.sqlite"
+        conn = _connect(target, cache_kib=500)
+        confirmed, doubtful = (
+            confirmed_keys_sql("snap.", list_key),
+            doubtful_keys_sql("snap.", list_key),
+        )
+
+        def copy() -> None:
+            try:
+                conn.execute("ATTACH ? AS snap", (_file_uri(path) + "?mode=ro",))
+                conn.execute("PRAGMA snap.cache_size=-500")
+                conn.execute(
+                    "CREATE TABLE held (h BLOB PRIMARY KEY, confirmed INTEGER NOT NULL) "
+                    "WITHOUT ROWID"
+                )
+                # In key order: written page after page.
+                conn.execute(
+                    f"INSERT INTO held (h, confirmed) SELECT h, 1 FROM ({confirmed}) UNION ALL "
+                    f"SELECT h, 0 FROM ({doubtful}) ORDER BY 1"
+                )
+                conn.execute("DETACH snap")
+            except BaseException as exc:  # raised by the plan, in the writer thread
+                self._copy_error = exc
+            finally:
+                conn.close()
+
+        thread = threading.Thread(target=copy, name="pinterest-mirror-copy", daemon=True)
+        self._copy = (thread, conn, snapshot.generation, _file_uri(target))
+        thread.start()
+
+    def _copied(self, snapshot: Snapshot) -> _Members | None:
+        """The copy of the snapshot's members, once made, if they did not change since."""
+        if self._copy is None:
+            return None
+        thread, _, generation, uri = self._copy
+        thread.join()
+        if self._copy_error is not None:
+            raise self._copy_error
+        if generation != snapshot.generation:
+            return None
+        return _Members(
+            uri=uri,
+            confirmed="SELECT h FROM snap.held WHERE confirmed = 1",
+            held="SELECT h FROM snap.held",
+            count="SELECT COUNT(*) FROM snap.held WHERE confirmed = 1",
+            is_confirmed=lambda key: (
+                f"EXISTS (SELECT 1 FROM snap.held WHERE h = {key} AND confirmed = 1)"
+            ),
+        )
+
+    def _plan_in_sql(self, source: _Members, *, snapshot_new: bool, streamed: bool) -> Plan:
         """The plan of a SQLite snapshot: its file attached (read-only) to the run set, and
         the difference computed by merges in SQL, never a Python loop over the members.
 
@@ -424,7 +487,7 @@ class RunSet:
         each writing a file of its own and only reading the chunks and the snapshot."""
         plan = Plan()
         sources = self._sources()
-        snapshot_uri = _file_uri(path) + "?mode=ro"
+        snapshot_uri = source.uri + "?mode=ro"
 
         def keys(where: str, *, schema: str = "", distinct: bool = False) -> str:
             arms = [f"SELECT h FROM {schema}{name} WHERE {where}" for name in sources]
@@ -433,10 +496,7 @@ class RunSet:
             union = " UNION " if distinct else " UNION ALL "
             return f"SELECT h FROM ({union.join(arms)} ORDER BY 1)"
 
-        # The snapshot's confirmed members come unpacked, in no order (the merges sort them);
-        # those in doubt are few, read in key order.
-        confirmed_keys = confirmed_keys_sql("snap.", list_key)
-        held = f"SELECT h FROM ({confirmed_keys} UNION ALL {doubtful_keys_sql('snap.', list_key)})"
+        confirmed_keys, held = source.confirmed, source.held
         absent = ""
         if snapshot_new and self.any_absent:
             absent = f" UNION {keys(f'want = {WANT_ABSENT}', schema='s.')}"
@@ -448,7 +508,7 @@ class RunSet:
         }
         errors: list[BaseException] = []
         # The snapshot's confirmed members, counted alongside (one more pass over it).
-        counts = {"removals": confirmed_count_sql("snap.", list_key)}
+        counts = {"removals": source.count}
         confirmed: list[int] = []
 
         def merge(name: str) -> None:
@@ -475,8 +535,7 @@ class RunSet:
         conn.execute("ATTACH ? AS snap", (snapshot_uri,))
         try:
             (removals_of_members,) = conn.execute(
-                "SELECT COUNT(*) FROM removals WHERE "
-                + is_confirmed_sql("snap.", list_key, "removals.h")
+                "SELECT COUNT(*) FROM removals WHERE " + source.is_confirmed("removals.h")
             ).fetchone()
             (plan.confirmed,) = confirmed
             if self.any_absent or self.any_keep:
@@ -620,6 +679,11 @@ class RunSet:
             yield [decode(row[1]) for row in rows]
 
     def close(self) -> None:
+        if self._copy is not None:
+            thread, copying, _, _ = self._copy
+            with contextlib.suppress(Exception):
+                copying.interrupt()
+            thread.join(timeout=10)
         sorter = self._sorter
         if sorter is not None:
             self._sort_error = self._sort_error or RuntimeError("closed")  # skip the rest
@@ -642,6 +706,32 @@ def _connect(path: Path, *, cache_kib: int) -> sqlite3.Connection:
     for pragma in ("journal_mode=OFF", "synchronous=OFF", f"cache_size=-{int(cache_kib)}"):
         conn.execute(f"PRAGMA {pragma}")
     return conn
+
+
+@dataclass
+class _Members:
+    """Where a plan in SQL reads the snapshot's members: a file attached as `snap`, and
+    SQL of its confirmed members, of every identifier it holds (confirmed or in doubt),
+    of the confirmed count, and of the test that a key (an SQL expression) is confirmed."""
+
+    uri: str
+    confirmed: str
+    held: str
+    count: str
+    is_confirmed: Callable[[str], str]
+
+
+def _packed_source(path: Path, list_key: int) -> _Members:
+    """The members read from the snapshot file itself: the confirmed ones come unpacked, in
+    no order (the plan's merges sort them); those in doubt are few, in key order."""
+    confirmed = confirmed_keys_sql("snap.", list_key)
+    return _Members(
+        uri=_file_uri(path),
+        confirmed=confirmed,
+        held=f"SELECT h FROM ({confirmed} UNION ALL {doubtful_keys_sql('snap.', list_key)})",
+        count=confirmed_count_sql("snap.", list_key),
+        is_confirmed=lambda key: is_confirmed_sql("snap.", list_key, key),
+    )
 
 
 def _in_order(chunks: list[str]) -> str:
@@ -727,6 +817,8 @@ class MirrorSync:
             # One row read: a full count here would hold the pipeline up at its start (the
             # count the removal cap needs comes with the plan: nothing is written before).
             self.streaming = snapshot is None or not snapshot.holds_confirmed()
+            if snapshot is not None and not self.streaming:
+                self.runset.copy_members(snapshot)
             if self._early_keeps is not None:
                 early, self._early_keeps = self._early_keeps, None
                 for chunk in early.seen_keys():
