@@ -1079,13 +1079,17 @@ class Snapshot:
                 (key,),
             )
         if self._sqlite:
-            # With max(), SQLite takes the other columns from the row of the maximum.
-            latest = f"SELECT {ROW_KEY_SQL} AS h, state, MAX(seq) {unpacked_log} GROUP BY h"
+            # Every row, in key order then log order: the last of each key is its latest
+            # (kept in changes() below). A GROUP BY with max(seq) took 4.4 s per million
+            # identifiers against 1.2 s for this sort.
+            latest = f"SELECT {ROW_KEY_SQL} AS h, state, seq {unpacked_log}"
+            order = "c.h, c.seq"
         else:
             latest = (
                 f"SELECT DISTINCT ON (h) h, state FROM (SELECT {ROW_KEY_SQL} AS h, seq, state "
                 f"{unpacked_log}) AS log ORDER BY h, seq DESC"
             )
+            order = "c.h"
         doubtful: list[tuple[int, bytes, int]] = []
 
         def settle_doubt() -> None:
@@ -1094,15 +1098,22 @@ class Snapshot:
             doubtful.clear()
 
         def changes() -> Iterator[Any]:
+            held = None  # a change, given once the next row shows it is its key's last
             for change in self._stream(
                 f"WITH {ROW_POSITIONS_SQL}, latest AS ({latest}) "
-                + self._with_rows("SELECT h, state", "latest")
+                + self._with_rows("SELECT c.h, c.state", "latest", order)
             ):
-                if change[1] == IN_DOUBT:
-                    doubtful.append((key, bytes(change[0]), 0))
-                    if len(doubtful) >= _PACKED_BATCH:
-                        settle_doubt()
-                yield change
+                if held is not None and held[0] != change[0]:
+                    if held[1] == IN_DOUBT:
+                        doubtful.append((key, bytes(held[0]), 0))
+                        if len(doubtful) >= _PACKED_BATCH:
+                            settle_doubt()
+                    yield held
+                held = change
+            if held is not None:
+                if held[1] == IN_DOUBT:
+                    doubtful.append((key, bytes(held[0]), 0))
+                yield held
 
         self._merge_packed(changes())
         settle_doubt()
@@ -1110,15 +1121,18 @@ class Snapshot:
         self._conn.commit()
         self.generation += 1
 
-    def _with_rows(self, select: str, source: str) -> str:
-        """SQL: each identifier `h` of `source` (in key order) with the packed row whose range
-        holds it (lo, width, keys; NULL below the first row), found by one seek each in the
-        database, so that Python handles only the rows the identifiers touch."""
+    def _with_rows(self, select: str, source: str, order: str) -> str:
+        """SQL: each identifier `h` of `source`, sorted by `order`, with the packed row whose
+        range holds it (lo, width, keys; NULL below the first row), found by one seek each
+        in the database, so that Python handles only the rows the identifiers touch."""
         key = int(self._key)  # an integer of ours, inlined
+        if not self._one(f"SELECT 1 FROM {_PACKED} WHERE list_key = ? LIMIT 1", (key,)):
+            # None to find (a first run): one sort, no join.
+            return f"{select}, NULL, NULL, NULL FROM {source} AS c ORDER BY {order}"
         return (
             f"{select}, p.lo, p.width, p.keys FROM {source} AS c LEFT JOIN {_PACKED} AS p ON "
             f"p.list_key = {key} AND p.lo = (SELECT lo FROM {_PACKED} WHERE list_key = {key} "
-            "AND lo <= c.h ORDER BY lo DESC LIMIT 1) ORDER BY c.h"
+            f"AND lo <= c.h ORDER BY lo DESC LIMIT 1) ORDER BY {order}"
         )
 
     def _migrate_members(self) -> None:
@@ -1130,7 +1144,8 @@ class Snapshot:
         ):
             return
         source = f"(SELECT h FROM {_MEMBERS} WHERE list_key = {int(key)} AND confirmed = 1)"
-        self._merge_packed(iter(self._stream(self._with_rows(f"SELECT h, {MEMBER}", source))))
+        rows = self._stream(self._with_rows(f"SELECT c.h, {MEMBER}", source, "c.h"))
+        self._merge_packed(iter(rows))
         self._exec(f"DELETE FROM {_MEMBERS} WHERE list_key = ? AND confirmed = 1", (key,))
         self._conn.commit()
         self.generation += 1
@@ -1147,6 +1162,7 @@ class Snapshot:
         out: list[bytes] = []
         replaced: list[bytes] = []  # `lo` of the rows the block replaces, not deleted yet
         last = [b""]  # `lo` of the last row the block took in (its members may still be out)
+        previous: list[bytes | None] = [None]  # the last identifier merged: each comes after
 
         def flush() -> None:
             # Deletes first: a new row may take the `lo` of one it replaces.
@@ -1170,6 +1186,13 @@ class Snapshot:
             i, n = 0, len(current)
             while row is not None and row[2] == lo:
                 h = bytes(row[0])
+                if previous[0] is not None and h <= previous[0]:
+                    raise SnapshotError(
+                        f"Customer List {self.list_id}: the snapshot's changes came out of key "
+                        "order, and were not merged (nothing was lost: the change log is "
+                        "kept). Please report this as a bug."
+                    )
+                previous[0] = h
                 while i < n and current[i] < h:
                     out.append(current[i])
                     i += 1
