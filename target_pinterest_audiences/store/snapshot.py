@@ -99,6 +99,8 @@ _OLD_LOG = "pinterest_audience_snapshot_log"
 _CURSOR_NAMES = itertools.count()
 #: Rows written or deleted per batch when packed members are rewritten.
 _PACKED_BATCH = 5000
+#: Packed rows deleted per statement (one parameter each).
+_DELETES_PER_STATEMENT = 500
 #: Identifiers per change-log row: 32 SHA-256 digests are 1 KB, inside one page of SQLite
 #: and under PostgreSQL's TOAST threshold, so unpacking a row never reads overflow pages.
 CHANGE_ROW_KEYS = 32
@@ -1165,13 +1167,22 @@ class Snapshot:
         previous: list[bytes | None] = [None]  # the last identifier merged: each comes after
 
         def flush() -> None:
-            # Deletes first: a new row may take the `lo` of one it replaces.
-            self._many(f"DELETE FROM {_PACKED} WHERE list_key = ? AND lo = ?", deletes)
-            self._many(
-                f"UPDATE {_PACKED} SET width = ?, keys = ? WHERE list_key = ? AND lo = ?",
-                [(width, blob, k, lo) for k, lo, width, blob in updates],
+            # Deletes first: a new row may take the `lo` of one it replaces. Many rows per
+            # statement, as in _insert_values (executemany waits for Python's lock per row).
+            for start in range(0, len(deletes), _DELETES_PER_STATEMENT):
+                part = [lo for _, lo in deletes[start : start + _DELETES_PER_STATEMENT]]
+                self._exec(
+                    f"DELETE FROM {_PACKED} WHERE list_key = ? AND lo IN "
+                    f"({', '.join(['?'] * len(part))})",
+                    [key, *part],
+                )
+            columns = "list_key, lo, width, keys"
+            rewrite = (
+                " ON CONFLICT (list_key, lo) DO UPDATE SET width = excluded.width, "
+                "keys = excluded.keys"
             )
-            self._insert_values(_PACKED, "list_key, lo, width, keys", inserts)
+            self._insert_values(_PACKED, columns, updates, rewrite)
+            self._insert_values(_PACKED, columns, inserts)
             deletes.clear()
             updates.clear()
             inserts.clear()
