@@ -6,7 +6,7 @@ What grew with the input, and is checked here at its boundary:
 - glibc raised its mmap threshold to the size of every mapped block freed, so after the
   first few-megabyte block (a request body, an input buffer, SQLite's sort buffer) such
   blocks came from the heap, which kept the holes they left (target.py
-  `_cap_malloc_arenas`);
+  `_map_large_blocks`, mirror runs);
 - SQLite page caches that only a large run fills: the mirror sorter's (held between sorts,
   and sizing SQLite's sort buffer), the run set's and the snapshot's during the writes at
   the end of a mirror run.
@@ -29,7 +29,7 @@ from target_pinterest_audiences.sync.mirror import RunSet
 PROBE = """
 import ctypes
 
-from target_pinterest_audiences.target import _cap_malloc_arenas
+from target_pinterest_audiences.target import _map_large_blocks
 
 
 class MallInfo2(ctypes.Structure):
@@ -43,7 +43,7 @@ libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
-_cap_malloc_arenas()
+_map_large_blocks()
 libc.free(libc.malloc(8 << 20))  # glibc's own rule would raise its threshold to 8 MB here
 before = libc.mallinfo2().hblkhd
 block = libc.malloc(1 << 20)
@@ -61,7 +61,7 @@ def _glibc_with_mallinfo2() -> bool:
 
 @pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="glibc 2.33+ only (mallinfo2)")
 def test_a_megabyte_block_is_mapped_after_a_larger_one_was_freed():
-    """Mapped blocks are unmapped when freed: the heap never holds their holes."""
+    """Mirror runs: mapped blocks are unmapped when freed, the heap never holds their holes."""
     mapped = int(subprocess.check_output([sys.executable, "-c", PROBE], text=True))
     assert mapped >= 1 << 20
 
