@@ -62,8 +62,23 @@ if t.TYPE_CHECKING:
 CLOCK_CHECK_RECORDS = 512
 
 
-#: glibc's mallopt() parameter that caps the malloc arenas (malloc.h), and the cap.
+#: glibc's mallopt() parameters (malloc.h): the cap of malloc arenas, and the size from which
+#: a block gets a mapping of its own (returned to the system when freed; mirror runs).
 _M_ARENA_MAX, MALLOC_ARENAS = -8, 2
+_M_MMAP_THRESHOLD, MMAP_THRESHOLD = -3, 128 * 1024
+
+
+def _glibc() -> t.Any:
+    """The C library when it is glibc (mallopt applies), else None (macOS, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+    except OSError:  # pragma: no cover - no C library to ask
+        return None
+    return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
 
 
 def _cap_malloc_arenas() -> None:
@@ -74,16 +89,27 @@ def _cap_malloc_arenas() -> None:
     input: measured, medians of 3, 79 MB at 200,000 records and 100 MB at 2M (1.26x); with
     two arenas 74 MB and 79 MB (1.07x), no slower. Not glibc (macOS, musl): nothing to do.
     """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
 
-        libc = ctypes.CDLL(None)
-        if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt"):
-            libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
-    except (OSError, AttributeError):  # pragma: no cover - no C library to ask
-        return
+
+def _map_large_blocks() -> None:
+    """Mirror runs: blocks of 128 KiB or more get a mapping of their own, unmapped when freed.
+
+    glibc starts at 128 KiB, but raises its threshold to the size of each mapped block freed
+    (up to 32 MiB), so after the first SQLite sort buffer, input buffer or request body
+    (up to a few MB) every such block came from the heap, and the holes they left between
+    long-lived small blocks were never returned: the heap's free space at a steady mirror
+    run's peak was 2 MB at 200,000 members and 14 MB at 2M. Fixed at 128 KiB, it is 1-2 MB
+    at both. The price: such blocks' pages are faulted in anew each time (a 1M-record
+    events run: 212,000 page faults instead of 37,000, 5-10% more CPU), and in events mode
+    it bought no flatness (alternating, 200,000 and 2M records: 1.135 either way): not set
+    there. Not glibc: nothing to do.
+    """
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 class Terminated(BaseException):
@@ -224,6 +250,8 @@ class TargetPinterestAudiences(Target):
         audiences = config.get("audiences") or {}
         modes = [config.get("sync_mode") or "events"]
         modes += [(entry or {}).get("sync_mode") or modes[0] for entry in audiences.values()]
+        if "mirror" in modes:
+            _map_large_blocks()
         self.gate = StateGate(
             write=self._emit_state,
             # A mirror stream must read its whole source every run: no bookmark passes on.

@@ -108,7 +108,9 @@ class RunSet:
         self.codec = codec
         _remove_orphans()
         self._dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-")
-        self._conn = _connect(Path(self._dir) / "run.sqlite", cache_kib=1000)
+        # Rows are only appended here, and sorted once (distinct_added): a small cache (it
+        # filled in the writes at the end of a large run only, so peak RSS grew with it).
+        self._conn = _connect(Path(self._dir) / "run.sqlite", cache_kib=256)
         # A batch's keys are packed, CHANGE_ROW_KEYS of one width per row (as in the
         # snapshot's change log), one row per want: a batch names each identifier once.
         # `seen` holds the keys in input order (a set made with chunks=False; see put).
@@ -120,7 +122,12 @@ class RunSet:
         self._lock = threading.Lock()  # the writer's request threads record what they added
         # The sorted side, a file of its own: chunk tables, then the plan's adds and
         # removals. Its connection belongs to the sorter thread until the plan waits for it.
-        self._sorted = _connect(Path(self._dir) / "sorted.sqlite", cache_kib=4000)
+        # A small cache: its tables are written and read in key order (a sort, an
+        # append, a merge), and SQLite's sorter takes this size for its buffer (1 MB at
+        # least). At 4 MB a sort held 8 MB more (tests/test_memory.py): a run of 2M
+        # members sorts while reading, one of 200,000 only at the end, so its peak RSS
+        # grew with the input (issue 18).
+        self._sorted = _connect(Path(self._dir) / "sorted.sqlite", cache_kib=1000)
         self._sorted.execute("CREATE TABLE adds (h BLOB NOT NULL)")
         self._sorted.execute("CREATE TABLE removals (h BLOB NOT NULL)")
         #: Whether keys are sorted into chunk tables as they come (the early keeps, read
@@ -248,6 +255,7 @@ class RunSet:
         chunks of one tier are merged into one of the next."""
         conn = self._sorted
         conn.execute("ATTACH ? AS stage", (_file_uri(stage),))
+        conn.execute("PRAGMA stage.cache_size=-500")  # read once, in order (default 2 MB)
         try:
             name = self._new_table()
             # Rows go in key order, then input order: the first inserts, a later one
@@ -261,6 +269,9 @@ class RunSet:
             )
         finally:
             conn.execute("DETACH stage")
+        # The pages cached for this chunk are not read again soon: freed, the next sort's
+        # buffers take their place instead of adding to them (flat peak RSS).
+        conn.execute("PRAGMA shrink_memory")
         stage.unlink()
         self._chunks.append((name, 0))
         while (
@@ -317,6 +328,7 @@ class RunSet:
             return None
         for name in names:
             self._sorted.execute(f"DROP TABLE {name}")
+        self._sorted.execute("PRAGMA shrink_memory")  # as after a sort (_sort_chunk)
         return merged
 
     def _all_sorted(self) -> list[str]:
@@ -417,6 +429,10 @@ class RunSet:
                     raise
             plan.adds = self._count("adds")
             plan.removals = self._count("removals")
+            # From here on the adds and removals are read once, in order, while the writes
+            # go out: a small cache (a full one made a large run's peak RSS there).
+            self._sorted.execute("PRAGMA cache_size=-256")
+            self._sorted.execute("PRAGMA shrink_memory")
         return plan
 
     def copy_members(self, snapshot: Snapshot) -> None:
