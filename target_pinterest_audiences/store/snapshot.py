@@ -950,11 +950,6 @@ class Snapshot:
         cursor.execute(self._sql(statement), tuple(params))
         return cursor
 
-    def _many(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
-        rows = list(rows)
-        if rows:
-            self._conn.cursor().executemany(self._sql(statement), rows)
-
     def _one(self, statement: str, params: Sequence[Any] = ()) -> Any:
         return self._exec(statement, params).fetchone()
 
@@ -1443,10 +1438,18 @@ class Snapshot:
             return
         with self._lock, self._named():
             self._compact()
-        confirmed = ((h, True) for h in self._confirmed_keys())
-        doubtful = ((h, False) for h in self._doubtful_keys())
+        confirmed = self._in_order(
+            f"SELECT lo, width, keys FROM {_PACKED} WHERE list_key = ? AND lo > ? ORDER BY lo "
+            f"LIMIT {PAGE_SIZE // PACKED_ROW_KEYS}",
+            unpacked,
+        )
+        doubtful = self._in_order(
+            f"SELECT h FROM {_MEMBERS} WHERE list_key = ? AND h > ? ORDER BY h LIMIT {PAGE_SIZE}",
+            lambda h: [bytes(h)],
+        )
         page: list[tuple[bytes, bool]] = []
-        for member in heapq.merge(confirmed, doubtful):
+        members = heapq.merge(((h, True) for h in confirmed), ((h, False) for h in doubtful))
+        for member in members:
             page.append(member)
             if len(page) >= PAGE_SIZE:
                 yield page
@@ -1454,34 +1457,17 @@ class Snapshot:
         if page:
             yield page
 
-    def _confirmed_keys(self) -> Iterator[bytes]:
+    def _in_order(self, select: str, keys: Callable[..., list[bytes]]) -> Iterator[bytes]:
+        """The `keys` of the rows of `select` (list key, then the last first column read),
+        a page at a time, each page a fresh query (rows may change between pages)."""
         last = b""
         while True:
             with self._lock, self._named():
-                rows = self._exec(
-                    f"SELECT lo, width, keys FROM {_PACKED} WHERE list_key = ? AND lo > ? "
-                    f"ORDER BY lo LIMIT {PAGE_SIZE // PACKED_ROW_KEYS}",
-                    (self._key, last),
-                ).fetchall()
+                rows = self._exec(select, (self._key, last)).fetchall()
             if not rows:
                 return
             for row in rows:
-                yield from unpacked(*row)
-            last = bytes(rows[-1][0])
-
-    def _doubtful_keys(self) -> Iterator[bytes]:
-        last = b""
-        while True:
-            with self._lock, self._named():
-                rows = self._exec(
-                    f"SELECT h FROM {_MEMBERS} WHERE list_key = ? AND h > ? ORDER BY h "
-                    f"LIMIT {PAGE_SIZE}",
-                    (self._key, last),
-                ).fetchall()
-            if not rows:
-                return
-            for (h,) in rows:
-                yield bytes(h)
+                yield from keys(*row)
             last = bytes(rows[-1][0])
 
     def sqlite_members(self) -> tuple[Path, int] | None:
