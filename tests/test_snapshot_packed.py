@@ -240,3 +240,23 @@ def test_packed_members_take_under_40_bytes_of_disk_each(tmp_path):
     assert run(keys, []) <= 40
     assert run([digest(rng) for _ in range(300)], rng.sample(keys, 300)) <= 40
     store.close()
+
+
+def test_changes_out_of_key_order_are_refused_not_merged(tmp_path):
+    """The merge relies on the database's sort: identifiers that came out of key order would
+    be packed wrongly, so they raise and nothing is merged (the change log stays)."""
+    from target_pinterest_audiences.store.snapshot import MEMBER, SnapshotError
+
+    store = SnapshotStore(ad_account_id="1", logger=LOG, directory=tmp_path)
+    snapshot = store.open("42", list_type="EMAIL")
+    assert snapshot is not None
+    keys = [bytes([i]) * 32 for i in (1, 3, 2)]
+    with snapshot._lock, pytest.raises(SnapshotError, match="out of key order"):
+        snapshot._fill_packed(iter([(h, MEMBER) for h in keys]), lambda row: None)
+    entry = snapshot.journal("ADD", [h.hex() for h in keys], 0.0)
+    snapshot.confirm(entry, "ADD", [h.hex() for h in keys], [])
+    with snapshot._lock, pytest.raises(SnapshotError, match="out of key order"):
+        rows = [(h, MEMBER, None, None, None) for h in keys]
+        snapshot._merge_packed(iter(rows))
+    snapshot.close()
+    store.close()
