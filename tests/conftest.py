@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,25 @@ def start_cli(config_path: Path, env: dict[str, str] | None = None) -> subproces
         text=True,
         env=env,
     )
+
+
+def drop_test_database(admin: Any, name: str) -> None:
+    """Drop a test database (autocommit connection `admin`). FORCE ends our own sessions
+    left in it, but may not end an autovacuum worker (the server's role: "must be a member
+    of the role whose process is being terminated"); a plain DROP stops such a worker."""
+    import psycopg
+
+    for _ in range(40):
+        try:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except psycopg.errors.InsufficientPrivilege:
+            try:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                return
+            except psycopg.errors.ObjectInUse:
+                time.sleep(0.25)
+    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def confirmed_in_store(conn: Any) -> int:

@@ -24,6 +24,7 @@ import pytest
 from conftest import (
     SCHEMA,
     confirmed_in_store,
+    drop_test_database,
     email_hash,
     lists_named,
     record,
@@ -442,7 +443,7 @@ def snapshot_database():
         with psycopg.connect(
             dbname=os.environ.get("PGDATABASE", "postgres"), autocommit=True
         ) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            drop_test_database(admin, name)
 
 
 def _scenario(run_target, emulator, config: dict[str, Any]) -> list[Any]:
