@@ -101,7 +101,9 @@ def _without_bom(lines: t.Iterable[t.AnyStr]) -> t.Iterable[t.AnyStr]:
 
 
 #: Bytes asked of the input per read (at most: a pipe answers with what it holds).
-READ_SIZE = 1 << 20
+#: Under the size from which glibc maps a block of its own (target.py `_map_large_blocks`),
+#: whose pages would be faulted in anew at every read.
+READ_SIZE = 120 * 1024
 
 
 class SafeSingerReader(SimpleSingerReader):

@@ -63,7 +63,7 @@ CLOCK_CHECK_RECORDS = 512
 
 
 #: glibc's mallopt() parameters (malloc.h): the cap of malloc arenas, and the size from which
-#: a block gets a mapping of its own (returned to the system when freed; mirror runs).
+#: a block gets a mapping of its own (returned to the system when freed).
 _M_ARENA_MAX, MALLOC_ARENAS = -8, 2
 _M_MMAP_THRESHOLD, MMAP_THRESHOLD = -3, 128 * 1024
 
@@ -95,17 +95,17 @@ def _cap_malloc_arenas() -> None:
 
 
 def _map_large_blocks() -> None:
-    """Mirror runs: blocks of 128 KiB or more get a mapping of their own, unmapped when freed.
+    """Blocks of 128 KiB or more get a mapping of their own, unmapped when freed.
 
     glibc starts at 128 KiB, but raises its threshold to the size of each mapped block freed
-    (up to 32 MiB), so after the first SQLite sort buffer, input buffer or request body
-    (up to a few MB) every such block came from the heap, and the holes they left between
-    long-lived small blocks were never returned: the heap's free space at a steady mirror
-    run's peak was 2 MB at 200,000 members and 14 MB at 2M. Fixed at 128 KiB, it is 1-2 MB
-    at both. The price: such blocks' pages are faulted in anew each time (a 1M-record
-    events run: 212,000 page faults instead of 37,000, 5-10% more CPU), and in events mode
-    it bought no flatness (alternating, 200,000 and 2M records: 1.135 either way): not set
-    there. Not glibc: nothing to do.
+    (up to 32 MiB), so after the first request body, SQLite sort buffer or batch table (up
+    to a few MB) every such block came from the heap, and the holes they left between
+    long-lived small blocks were never returned: the heap's free space at the peak grew
+    with the input (events runs: 4-10 MB at 200,000 records, 11-16 MB at 2M; a steady
+    mirror run: 2 MB at 200,000 members, 14 MB at 2M). Fixed at 128 KiB it stays at 1-2 MB.
+    The price: such blocks' pages are faulted in anew each time, so the record path makes
+    few of them (the input is read in blocks under the threshold, a request body is encoded
+    once, see `records_body`). Not glibc: nothing to do.
     """
     libc = _glibc()
     if libc is not None:
@@ -250,8 +250,7 @@ class TargetPinterestAudiences(Target):
         audiences = config.get("audiences") or {}
         modes = [config.get("sync_mode") or "events"]
         modes += [(entry or {}).get("sync_mode") or modes[0] for entry in audiences.values()]
-        if "mirror" in modes:
-            _map_large_blocks()
+        _map_large_blocks()
         self.gate = StateGate(
             write=self._emit_state,
             # A mirror stream must read its whole source every run: no bookmark passes on.

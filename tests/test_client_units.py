@@ -16,9 +16,29 @@ from target_pinterest_audiences.pinterest.client import (
     RetryPolicy,
     _is_too_large,
     parse_retry_after,
+    records_body,
 )
 from target_pinterest_audiences.pinterest.limits import SlidingWindowLimiter, WaitClock
 from target_pinterest_audiences.pinterest.tokens import TokenManager, TokenStore, token_record
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        ["a" * 64, "0123456789abcdef" * 4],  # hex digests: written as they are
+        ["lr-1"],
+        ['quote"d', "back\\slash", "comma,in,one"],  # escaped by json, never raw
+        ["caf\u00e9", "\u200bzero-width", "tab\there", "nl\nline", "\x7fdel"],
+        [],
+    ],
+)
+@pytest.mark.parametrize("operation", ["ADD", "REMOVE"])
+def test_a_records_body_is_the_json_of_its_records(operation: str, records: list[str]) -> None:
+    """The PATCH body is encoded by hand for speed and memory; whatever the identifiers, it
+    must decode to exactly what `json=` would have sent."""
+    body = records_body(operation, records)
+    assert json.loads(body) == {"operation_type": operation, "records": ",".join(records)}
+    body.decode("ascii")  # JSON text as ASCII: any other character is escaped
 
 
 def test_full_jitter_stays_under_the_exponential_ceiling() -> None:

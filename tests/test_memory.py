@@ -6,7 +6,7 @@ What grew with the input, and is checked here at its boundary:
 - glibc raised its mmap threshold to the size of every mapped block freed, so after the
   first few-megabyte block (a request body, an input buffer, SQLite's sort buffer) such
   blocks came from the heap, which kept the holes they left (target.py
-  `_map_large_blocks`, mirror runs);
+  `_map_large_blocks`, every run);
 - SQLite page caches that only a large run fills: the mirror sorter's (held between sorts,
   and sizing SQLite's sort buffer), the run set's and the snapshot's during the writes at
   the end of a mirror run.
@@ -72,13 +72,26 @@ def _probe(mode: str) -> tuple[int, int]:
 
 @pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="glibc 2.33+ only (mallinfo2)")
 def test_a_large_block_is_mapped_after_a_larger_one_was_freed():
-    """Mirror runs: mapped blocks are unmapped when freed, the heap never holds their holes.
+    """Mapped blocks are unmapped when freed, the heap never holds their holes.
     Without `_map_large_blocks` the same block grows the heap (glibc's rule), with it the
     block has a mapping of its own."""
     size, mapped = _probe("heap")
     assert mapped == 0, (size, mapped)
     size, mapped = _probe("mapped")
     assert mapped >= size, (size, mapped)
+
+
+@pytest.mark.parametrize("sync_mode", ["events", "mirror"])
+def test_every_run_maps_large_blocks(monkeypatch, base_config, tmp_path, sync_mode):
+    """Events runs too: their heap's free space grew with the input (4-10 MB at 200,000
+    records, 11-16 MB at 2M) until large blocks were mapped."""
+    from target_pinterest_audiences import target
+
+    calls = []
+    monkeypatch.setattr(target, "_map_large_blocks", lambda: calls.append(1))
+    config = {**base_config, "sync_mode": sync_mode, "snapshot_path": str(tmp_path / "s")}
+    target.TargetPinterestAudiences(config=config)
+    assert calls == [1]
 
 
 def _sqlite_memory() -> tuple[int, int]:

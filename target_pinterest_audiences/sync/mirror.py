@@ -814,6 +814,7 @@ class MirrorSync:
         #: Set once the input is read: what the end of the run is doing (progress line).
         self.phase: str | None = None
         writer.on_confirmed = self.confirmed
+        writer.in_flight_ids = set()  # an add streamed while in flight is not buffered again
         #: The list type of this run's identifiers, set with its first batch of them: how
         #: the run's keys are stored while its list has no snapshot (the run creates it).
         self.run_list_type: str | None = None
@@ -872,6 +873,7 @@ class MirrorSync:
         if not self.streaming or self.dry_run:
             return
         adds, in_flight = writer.adds, writer.in_flight_ids
+        assert in_flight is not None
         for digest, is_add in ops.items():
             if not is_add:
                 adds.pop(digest, None)  # removed, if at all, once the input is complete

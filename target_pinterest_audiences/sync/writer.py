@@ -29,6 +29,7 @@ from target_pinterest_audiences.pinterest.client import (
     PinterestClient,
     RequestTooLarge,
     TargetError,
+    records_body,
     upload_exceptions,
 )
 from target_pinterest_audiences.store.snapshot import Snapshot
@@ -86,8 +87,10 @@ class Writer:
             else None
         )
         self.in_flight: list[tuple[str, Future[None]]] = []
-        #: Identifiers of the requests in flight (bounded by concurrency x request size).
-        self.in_flight_ids: set[str] = set()
+        #: Identifiers of the requests in flight (bounded by concurrency x request size),
+        #: kept only when a reader asks for them (a mirror run: mirror.py sets it): per
+        #: request, 10,000 inserts and removals and a table of up to a few megabytes.
+        self.in_flight_ids: set[str] | None = None
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -167,8 +170,9 @@ class Writer:
         while len(self.in_flight) >= self.concurrent_writes:
             wait([f for _, f in self.in_flight], return_when=FIRST_COMPLETED)
             self._reap()
-        with self._lock:
-            self.in_flight_ids.update(chunk)
+        if self.in_flight_ids is not None:
+            with self._lock:
+                self.in_flight_ids.update(chunk)
         future = self._pool.submit(self._send_chunk, operation, chunk, count, entry)
         self.in_flight.append((operation, future))
 
@@ -209,12 +213,11 @@ class Writer:
         attempt = 0
         while pending:
             part = pending.pop()
-            body = {"operation_type": operation, "records": ",".join(part)}
             try:
                 answer = self.client.request(
                     "PATCH",
                     path,
-                    json=body,
+                    body=records_body(operation, part),
                     on_timeout=functools.partial(self._mark_in_doubt, part, is_add),
                     on_send=functools.partial(self._journal_attempt, entry),
                 )
@@ -276,7 +279,8 @@ class Writer:
         """Pinterest confirmed every part of a chunk: the snapshot follows, except for
         identifiers still in doubt (an attempt carrying them timed out)."""
         with self._lock:
-            self.in_flight_ids.difference_update(chunk)
+            if self.in_flight_ids is not None:
+                self.in_flight_ids.difference_update(chunk)
             doubtful = [h for h in chunk if h in self.in_doubt] if self.in_doubt else []
         if self.on_confirmed is not None:
             self.on_confirmed(operation, chunk)
