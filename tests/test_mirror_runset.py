@@ -217,6 +217,41 @@ def test_an_identifier_added_twice_counts_once(tmp_path):
         runset.close()
 
 
+@pytest.mark.parametrize("list_type", ["EMAIL", "LR_ID"])
+def test_adds_counted_early_and_late_count_once(list_type):
+    """A run that streamed its members counts its adds so far while the plan runs
+    (count_added_early); the plan's adds, recorded meanwhile (they wait for the count) or
+    after, are counted with them, each identifier once."""
+    from target_pinterest_audiences.store.snapshot import KeyCodec
+
+    runset = RunSet(KeyCodec(list_type))
+    try:
+        for start in range(0, 60_000, 10_000):  # repeats: 10,000-14,999 of each 10,000
+            runset.record_added([key(i) for i in range(start, start + 15_000)])
+        runset.count_added_early()
+        assert runset._added_count is not None
+        runset.record_added([key(i) for i in range(64_000, 70_000)])  # waits for the count
+        runset.record_added([key(i) for i in range(69_000, 71_000)] + [key(5)])
+        assert runset.distinct_added() == 71_000  # 0-70,999
+        assert runset.distinct_added() == 71_000  # asked again: the same
+    finally:
+        runset.close()
+
+
+def test_adds_counted_early_fail_the_count_if_the_count_failed(monkeypatch):
+    from target_pinterest_audiences.store.snapshot import KeyCodec
+
+    runset = RunSet(KeyCodec("EMAIL"))
+    try:
+        runset.record_added([key(i) for i in range(10)])
+        monkeypatch.setattr(mirror, "ROW_KEY_SQL", "no_such_function(keys)")
+        runset.count_added_early()
+        with pytest.raises(mirror.sqlite3.OperationalError):
+            runset.distinct_added()
+    finally:
+        runset.close()
+
+
 def test_a_copy_of_members_that_changed_since_is_not_used(tmp_path):
     """The members are copied while the input is read; members confirmed after that (the
     plan merges the change log first) make the copy stale: the plan reads the snapshot."""

@@ -152,6 +152,10 @@ class RunSet:
         #: snapshot's generation copied, the file's URI; and what the copy raised.
         self._copy: tuple[threading.Thread, sqlite3.Connection, int, str] | None = None
         self._copy_error: BaseException | None = None
+        #: count_added_early's thread, its connection and the last `added` rowid it takes;
+        #: what it raised.
+        self._added_count: tuple[threading.Thread, sqlite3.Connection | None, int] | None = None
+        self._added_error: BaseException | None = None
         #: Whether any batch said `remove`, or named a skipped record's identifiers: without
         #: either, every identifier of the run is a member, whichever chunk names it.
         self.any_absent = False
@@ -348,27 +352,82 @@ class RunSet:
     def record_added(self, keys: list[str]) -> None:
         encoded = self.codec.encode_all(keys)
         with self._lock:
+            self._join_added_count()  # its reads of `added` must end before a write
             self._conn.execute("BEGIN")
             self._insert(self._conn, "added", None, encoded)
             self._conn.execute("COMMIT")
 
+    def count_added_early(self) -> None:
+        """Start sorting the adds confirmed so far (a run that streamed its members: as many
+        as the audience) into a file of their own, in a thread, while the plan merges the
+        snapshot's change log on the other core; distinct_added then only adds the later
+        ones. A 10M first run: about 10 s off its end. Only while nothing writes `added`:
+        record_added waits for it."""
+        with self._lock:
+            if self._added_count is not None:
+                return
+            (upto,) = self._conn.execute("SELECT max(rowid) FROM added").fetchone()
+            if upto is None:
+                return
+            conn = _connect(Path(self._dir) / "run.sqlite", cache_kib=256)
+            thread = threading.Thread(
+                target=self._count_added_rows,
+                args=(conn, 0, upto),
+                name="pinterest-mirror-added",
+                daemon=True,
+            )
+            self._added_count = (thread, conn, upto)
+            thread.start()
+
+    def _join_added_count(self) -> None:
+        """Wait for count_added_early's thread (the caller holds the lock)."""
+        if self._added_count is not None:
+            thread, conn, upto = self._added_count
+            if conn is not None:
+                thread.join()
+                conn.close()
+                self._added_count = (thread, None, upto)
+        if self._added_error is not None:
+            error, self._added_error = self._added_error, None
+            raise error
+
+    def _count_added_rows(self, conn: sqlite3.Connection, after: int, upto: int | None) -> None:
+        """Sort the keys of `added` rows after..upto (rowids) into added.sqlite, keyed: each
+        once. In key order, so appended page after page; COUNT(DISTINCT) would insert each
+        key into a temporary B-tree in the log's order, about four times slower."""
+        try:
+            conn.execute("ATTACH ? AS a", (_file_uri(Path(self._dir) / "added.sqlite"),))
+            for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-256"):
+                conn.execute(f"PRAGMA a.{pragma}")
+            conn.execute("CREATE TABLE IF NOT EXISTS a.keys (h BLOB PRIMARY KEY) WITHOUT ROWID")
+            bound = "" if upto is None else f" AND added.rowid <= {int(upto)}"
+            conn.execute(
+                f"WITH {ROW_POSITIONS_SQL} INSERT OR IGNORE INTO a.keys (h) SELECT "
+                f"{ROW_KEY_SQL} AS k FROM added CROSS JOIN nums WHERE n < {ROW_SIZE_SQL} "
+                f"AND added.rowid > {int(after)}{bound} ORDER BY k"
+            )
+            conn.execute("DETACH a")
+        except BaseException as exc:  # raised by the caller that joins
+            self._added_error = exc
+
     def distinct_added(self) -> int:
         """How many distinct identifiers this run added (a member named in far-apart
-        batches of a first run may have been sent twice: ADD is idempotent).
-
-        Sorted into a keyed table, then counted: COUNT(DISTINCT) would insert each key
-        into a temporary B-tree in the log's order, about four times slower."""
+        batches of a first run may have been sent twice: ADD is idempotent)."""
         with self._lock:
-            self._conn.execute("DROP TABLE IF EXISTS added_keys")
-            self._conn.execute("CREATE TABLE added_keys (h BLOB PRIMARY KEY) WITHOUT ROWID")
-            self._conn.execute(
-                f"WITH {ROW_POSITIONS_SQL} INSERT OR IGNORE INTO added_keys (h) SELECT "
-                f"{ROW_KEY_SQL} AS k FROM added CROSS JOIN nums WHERE n < {ROW_SIZE_SQL} "
-                "ORDER BY k"
-            )
-            row = self._conn.execute("SELECT COUNT(*) FROM added_keys").fetchone()
-            self._conn.execute("DROP TABLE added_keys")
-            return int(row[0])
+            counted = self._added_count
+            self._join_added_count()
+            self._count_added_rows(self._conn, counted[2] if counted else 0, None)
+            if self._added_error is not None:
+                error, self._added_error = self._added_error, None
+                raise error
+            self._conn.execute("ATTACH ? AS a", (_file_uri(Path(self._dir) / "added.sqlite"),))
+            try:
+                (count,) = self._conn.execute("SELECT COUNT(*) FROM a.keys").fetchone()
+                self._conn.execute("DROP TABLE a.keys")
+            finally:
+                self._conn.execute("DETACH a")
+            self._added_count = None
+            return int(count)
 
     def _sources(self) -> list[str]:
         """The sorted tables of the whole run (the caller holds the lock): its chunks; or,
@@ -700,6 +759,14 @@ class RunSet:
             with contextlib.suppress(Exception):
                 copying.interrupt()
             thread.join(timeout=10)
+        if self._added_count is not None:
+            thread, counting, _ = self._added_count
+            if counting is not None:
+                with contextlib.suppress(Exception):
+                    counting.interrupt()
+                thread.join(timeout=10)
+                with contextlib.suppress(Exception):
+                    counting.close()
         sorter = self._sorter
         if sorter is not None:
             self._sort_error = self._sort_error or RuntimeError("closed")  # skip the rest
@@ -897,6 +964,8 @@ class MirrorSync:
         self.phase = "input read, comparing with the snapshot"
         snapshot_new = snapshot is None or not snapshot.existed
         report.snapshot = "new" if snapshot_new else "existing"
+        if self.streaming:
+            runset.count_added_early()  # on the other core while the plan merges
         plan = runset.plan(snapshot, snapshot_new=snapshot_new, streamed=bool(self.streaming))
         report.members_in_source = plan.members_in_source
         report.unchanged = plan.unchanged
