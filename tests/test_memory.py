@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,7 +67,14 @@ def _glibc_with_mallinfo2() -> bool:
 
 
 def _probe(mode: str) -> tuple[int, int]:
-    size, mapped = subprocess.check_output([sys.executable, "-c", PROBE, mode], text=True).split()
+    # glibc's own rule, whatever the environment would set instead
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("MALLOC_") and name != "GLIBC_TUNABLES"
+    }
+    out = subprocess.check_output([sys.executable, "-c", PROBE, mode], text=True, env=env)
+    size, mapped = out.split()
     return int(size), int(mapped)
 
 

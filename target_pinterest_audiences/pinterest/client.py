@@ -267,6 +267,7 @@ class PinterestClient:
         instead of being repeated blindly: the caller checks whether it took effect, and
         passes the same `deadline` (time.monotonic()) when it tries again.
         """
+        assert json is None or body is None, "one body: json= or body="
         is_write = method.upper() in {"POST", "PATCH", "PUT", "DELETE"}
         limiter = self.write_limiter if is_write else self.read_limiter
         deadline = deadline or self.deadline()

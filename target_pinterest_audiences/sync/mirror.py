@@ -352,7 +352,9 @@ class RunSet:
     def record_added(self, keys: list[str]) -> None:
         encoded = self.codec.encode_all(keys)
         with self._lock:
-            self._join_added_count()  # its reads of `added` must end before a write
+            # Its reads of `added` must end before a write. What it raised stays for
+            # distinct_added: this request's rows are recorded all the same.
+            self._join_added_count(raise_error=False)
             self._conn.execute("BEGIN")
             self._insert(self._conn, "added", None, encoded)
             self._conn.execute("COMMIT")
@@ -379,7 +381,7 @@ class RunSet:
             self._added_count = (thread, conn, upto)
             thread.start()
 
-    def _join_added_count(self) -> None:
+    def _join_added_count(self, *, raise_error: bool = True) -> None:
         """Wait for count_added_early's thread (the caller holds the lock)."""
         if self._added_count is not None:
             thread, conn, upto = self._added_count
@@ -387,7 +389,7 @@ class RunSet:
                 thread.join()
                 conn.close()
                 self._added_count = (thread, None, upto)
-        if self._added_error is not None:
+        if raise_error and self._added_error is not None:
             error, self._added_error = self._added_error, None
             raise error
 
@@ -397,16 +399,18 @@ class RunSet:
         key into a temporary B-tree in the log's order, about four times slower."""
         try:
             conn.execute("ATTACH ? AS a", (_file_uri(Path(self._dir) / "added.sqlite"),))
-            for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-256"):
-                conn.execute(f"PRAGMA a.{pragma}")
-            conn.execute("CREATE TABLE IF NOT EXISTS a.keys (h BLOB PRIMARY KEY) WITHOUT ROWID")
-            bound = "" if upto is None else f" AND added.rowid <= {int(upto)}"
-            conn.execute(
-                f"WITH {ROW_POSITIONS_SQL} INSERT OR IGNORE INTO a.keys (h) SELECT "
-                f"{ROW_KEY_SQL} AS k FROM added CROSS JOIN nums WHERE n < {ROW_SIZE_SQL} "
-                f"AND added.rowid > {int(after)}{bound} ORDER BY k"
-            )
-            conn.execute("DETACH a")
+            try:
+                for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-256"):
+                    conn.execute(f"PRAGMA a.{pragma}")
+                conn.execute("CREATE TABLE IF NOT EXISTS a.keys (h BLOB PRIMARY KEY) WITHOUT ROWID")
+                bound = "" if upto is None else f" AND added.rowid <= {int(upto)}"
+                conn.execute(
+                    f"WITH {ROW_POSITIONS_SQL} INSERT OR IGNORE INTO a.keys (h) SELECT "
+                    f"{ROW_KEY_SQL} AS k FROM added CROSS JOIN nums WHERE n < {ROW_SIZE_SQL} "
+                    f"AND added.rowid > {int(after)}{bound} ORDER BY k"
+                )
+            finally:
+                conn.execute("DETACH a")
         except BaseException as exc:  # raised by the caller that joins
             self._added_error = exc
 
@@ -415,10 +419,18 @@ class RunSet:
         batches of a first run may have been sent twice: ADD is idempotent)."""
         with self._lock:
             counted = self._added_count
-            self._join_added_count()
-            self._count_added_rows(self._conn, counted[2] if counted else 0, None)
+            self._join_added_count(raise_error=False)
+            self._added_count = None
+            if self._added_error is None:
+                self._count_added_rows(self._conn, counted[2] if counted else 0, None)
             if self._added_error is not None:
+                # Counted in part: the next call starts over.
                 error, self._added_error = self._added_error, None
+                self._conn.execute("ATTACH ? AS a", (_file_uri(Path(self._dir) / "added.sqlite"),))
+                try:
+                    self._conn.execute("DROP TABLE IF EXISTS a.keys")
+                finally:
+                    self._conn.execute("DETACH a")
                 raise error
             self._conn.execute("ATTACH ? AS a", (_file_uri(Path(self._dir) / "added.sqlite"),))
             try:
@@ -426,7 +438,6 @@ class RunSet:
                 self._conn.execute("DROP TABLE a.keys")
             finally:
                 self._conn.execute("DETACH a")
-            self._added_count = None
             return int(count)
 
     def _sources(self) -> list[str]:
@@ -765,8 +776,9 @@ class RunSet:
                 with contextlib.suppress(Exception):
                     counting.interrupt()
                 thread.join(timeout=10)
-                with contextlib.suppress(Exception):
-                    counting.close()
+                if not thread.is_alive():  # never closed under a statement still running
+                    with contextlib.suppress(Exception):
+                        counting.close()
         sorter = self._sorter
         if sorter is not None:
             self._sort_error = self._sort_error or RuntimeError("closed")  # skip the rest
