@@ -619,3 +619,34 @@ def test_null_settings_take_their_defaults(emulator, base_config, run_target):
     assert run.returncode == 0, run.stderr
     (found,) = lists_named(emulator, "Nulls")
     assert set(found["members"]) == {email_hash(f"u{i}@x.com") for i in range(3)}
+
+
+def test_the_max_record_age_is_checked_every_clock_check_records(base_config, tmp_path):
+    """The per-record path reads the clock every CLOCK_CHECK_RECORDS records (singer-sdk
+    reads it on each): old records still drain the sinks, at the next multiple, never
+    later. In process, with every record already "too old" (max age below zero)."""
+    import io
+
+    from target_pinterest_audiences import target as target_module
+
+    every = target_module.CLOCK_CHECK_RECORDS
+    total = 2 * every + every // 2
+    rows = [
+        {"segment_name": "Aging", "action": "add", "email": f"age{i}@example.com"}
+        for i in range(total)
+    ]
+    config = {**base_config, "snapshot_path": str(tmp_path / "snapshots")}
+    pipeline = target_module.TargetPinterestAudiences(config=config)
+    pipeline._MAX_RECORD_AGE_IN_MINUTES = -1.0  # every check finds records too old
+    drained_at: list[int] = []
+    drain_all = pipeline.drain_all
+
+    def recording_drain_all(*, is_endofpipe: bool = False) -> None:
+        if not is_endofpipe:
+            drained_at.append(pipeline._input_line() - 1)  # line 1 is the SCHEMA
+        drain_all(is_endofpipe=is_endofpipe)
+
+    pipeline.drain_all = recording_drain_all  # type: ignore[method-assign]
+    lines = "".join(json.dumps(m) + "\n" for m in [SCHEMA, *records(rows)])
+    pipeline.listen(file_input=io.StringIO(lines))
+    assert drained_at == [every, 2 * every]
