@@ -189,6 +189,7 @@ class TargetPinterestAudiences(Target):
 
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         _cap_malloc_arenas()  # before any thread of ours starts
+        _map_large_blocks()
         super().__init__(*args, **kwargs)
         # Records of all streams share one ordered flow; nothing is gained by parallel drains.
         self.max_parallelism = 1
@@ -250,7 +251,6 @@ class TargetPinterestAudiences(Target):
         audiences = config.get("audiences") or {}
         modes = [config.get("sync_mode") or "events"]
         modes += [(entry or {}).get("sync_mode") or modes[0] for entry in audiences.values()]
-        _map_large_blocks()
         self.gate = StateGate(
             write=self._emit_state,
             # A mirror stream must read its whole source every run: no bookmark passes on.
