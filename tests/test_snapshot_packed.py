@@ -242,21 +242,51 @@ def test_packed_members_take_under_40_bytes_of_disk_each(tmp_path):
     store.close()
 
 
-def test_changes_out_of_key_order_are_refused_not_merged(tmp_path):
+@pytest.mark.parametrize("first", [True, False])
+def test_changes_out_of_key_order_are_refused_not_merged(tmp_path, monkeypatch, first):
     """The merge relies on the database's sort: identifiers that came out of key order would
-    be packed wrongly, so they raise and nothing is merged (the change log stays)."""
-    from target_pinterest_audiences.store.snapshot import MEMBER, SnapshotError
+    be packed wrongly, so they raise, and nothing of the merge is kept, not even rows
+    already written (a list's first fill, or a merge into its rows): the change log stays,
+    and the next merge, in order, packs every member."""
+    from target_pinterest_audiences.store import snapshot as module
+    from target_pinterest_audiences.store.snapshot import SnapshotError
 
     store = SnapshotStore(ad_account_id="1", logger=LOG, directory=tmp_path)
     snapshot = store.open("42", list_type="EMAIL")
     assert snapshot is not None
-    keys = [bytes([i]) * 32 for i in (1, 3, 2)]
-    with snapshot._lock, pytest.raises(SnapshotError, match="out of key order"):
-        snapshot._fill_packed(iter([(h, MEMBER) for h in keys]), lambda row: None)
-    entry = snapshot.journal("ADD", [h.hex() for h in keys], 0.0)
-    snapshot.confirm(entry, "ADD", [h.hex() for h in keys], [])
-    with snapshot._lock, pytest.raises(SnapshotError, match="out of key order"):
-        rows = [(h, MEMBER, None, None, None) for h in keys]
-        snapshot._merge_packed(iter(rows))
+    rng = random.Random(7)
+    before = sorted(digest(rng) for _ in range(50))
+    if not first:
+        entry = snapshot.journal("ADD", before, 0.0)
+        snapshot.confirm(entry, "ADD", before, [])
+        assert snapshot.count() == 50
+    packed = sqlite3.connect(tmp_path / snapshot._path.name)
+    rows_before = packed.execute("SELECT COUNT(*) FROM pinterest_audience_snapshot_packed")
+    (rows_before,) = rows_before.fetchone()
+    keys = sorted(digest(rng) for _ in range(200))
+    entry = snapshot.journal("ADD", keys, 0.0)
+    snapshot.confirm(entry, "ADD", keys, [])
+    stream = snapshot._stream
+
+    def swapped(*args, **kwargs):  # the last two identifiers change places
+        rows = list(stream(*args, **kwargs))
+        rows[-2], rows[-1] = rows[-1], rows[-2]
+        return iter(rows)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(module, "_PACKED_BATCH", 1)  # rows written before the error
+        patched.setattr(snapshot, "_stream", swapped)
+        with pytest.raises(SnapshotError, match="out of key order"):
+            snapshot.count()
+    snapshot.journal("ADD", [keys[0]], 0.0)  # a commit: it must not keep the merge's rows
+    (rows_after,) = packed.execute(
+        "SELECT COUNT(*) FROM pinterest_audience_snapshot_packed"
+    ).fetchone()
+    assert rows_after == rows_before
+    members = {*keys} if first else {*before, *keys}
+    assert snapshot.count() == len(members)
+    assert {h.hex() for page in snapshot.pages() for h, _ in page} == members
+    check_rows(snapshot)
+    packed.close()
     snapshot.close()
     store.close()
