@@ -252,7 +252,7 @@ def test_an_early_count_that_failed_fails_the_count(monkeypatch, later_adds):
             patched.setattr(mirror, "ROW_KEY_SQL", "no_such_function(keys)")
             runset.count_added_early()
             assert runset._added_count is not None
-            runset._added_count[0].join()  # failed with the broken SQL
+            runset._added_count[0].wait()  # failed with the broken SQL
         if later_adds:
             runset.record_added([key(i) for i in range(10, 20)])
         with pytest.raises(mirror.sqlite3.OperationalError, match="no_such_function"):
@@ -271,7 +271,7 @@ def test_a_copy_of_members_that_changed_since_is_not_used(tmp_path):
     try:
         runset.copy_members(snapshot)
         assert runset._copy is not None
-        runset._copy[0].join()  # copied before the change
+        runset._copy[0].wait()  # copied before the change
         entry = snapshot.journal("ADD", [key(40)], 0.0)
         snapshot.confirm(entry, "ADD", [key(40)], [])
         runset.put(CONFIRMED, [], [])

@@ -148,14 +148,12 @@ class RunSet:
         #: Set once the input is read: a merge of chunks in progress is given up.
         self._finishing = threading.Event()
         self._sort_error: BaseException | None = None
-        #: The copy of the snapshot's members (copy_members): its thread, connection, the
-        #: snapshot's generation copied, the file's URI; and what the copy raised.
-        self._copy: tuple[threading.Thread, sqlite3.Connection, int, str] | None = None
-        self._copy_error: BaseException | None = None
-        #: count_added_early's thread, its connection and the last `added` rowid it takes;
-        #: what it raised.
-        self._added_count: tuple[threading.Thread, sqlite3.Connection | None, int] | None = None
-        self._added_error: BaseException | None = None
+        #: The copy of the snapshot's members (copy_members), with the snapshot's generation
+        #: copied and the copy's file URI.
+        self._copy: tuple[_Background, int, str] | None = None
+        #: The early count of the adds (count_added_early), with the last `added` rowid it
+        #: takes.
+        self._added_count: tuple[_Background, int] | None = None
         #: Whether any batch said `remove`, or named a skipped record's identifiers: without
         #: either, every identifier of the run is a member, whichever chunk names it.
         self.any_absent = False
@@ -352,9 +350,10 @@ class RunSet:
     def record_added(self, keys: list[str]) -> None:
         encoded = self.codec.encode_all(keys)
         with self._lock:
-            # Its reads of `added` must end before a write. What it raised stays for
-            # distinct_added: this request's rows are recorded all the same.
-            self._join_added_count(raise_error=False)
+            if self._added_count is not None:
+                # Its reads of `added` must end before a write. What it raised is kept for
+                # distinct_added: these rows are recorded all the same.
+                self._added_count[0].wait()
             self._conn.execute("BEGIN")
             self._insert(self._conn, "added", None, encoded)
             self._conn.execute("COMMIT")
@@ -371,73 +370,52 @@ class RunSet:
             (upto,) = self._conn.execute("SELECT max(rowid) FROM added").fetchone()
             if upto is None:
                 return
-            conn = _connect(Path(self._dir) / "run.sqlite", cache_kib=256)
-            thread = threading.Thread(
-                target=self._count_added_rows,
-                args=(conn, 0, upto),
-                name="pinterest-mirror-added",
-                daemon=True,
+            job = _Background(
+                "pinterest-mirror-added",
+                _connect(Path(self._dir) / "run.sqlite", cache_kib=256),
+                lambda conn: self._count_added_rows(conn, 0, upto),
             )
-            self._added_count = (thread, conn, upto)
-            thread.start()
+            self._added_count = (job, upto)
 
-    def _join_added_count(self, *, raise_error: bool = True) -> None:
-        """Wait for count_added_early's thread (the caller holds the lock)."""
-        if self._added_count is not None:
-            thread, conn, upto = self._added_count
-            if conn is not None:
-                thread.join()
-                conn.close()
-                self._added_count = (thread, None, upto)
-        if raise_error and self._added_error is not None:
-            error, self._added_error = self._added_error, None
-            raise error
+    @contextlib.contextmanager
+    def _added_keys(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """added.sqlite attached as `a`: the table `a.keys` of the adds counted so far."""
+        conn.execute("ATTACH ? AS a", (_file_uri(Path(self._dir) / "added.sqlite"),))
+        try:
+            yield
+        finally:
+            conn.execute("DETACH a")
 
     def _count_added_rows(self, conn: sqlite3.Connection, after: int, upto: int | None) -> None:
-        """Sort the keys of `added` rows after..upto (rowids) into added.sqlite, keyed: each
+        """Sort the keys of `added` rows after..upto (rowids) into `a.keys`, keyed: each
         once. In key order, so appended page after page; COUNT(DISTINCT) would insert each
         key into a temporary B-tree in the log's order, about four times slower."""
-        try:
-            conn.execute("ATTACH ? AS a", (_file_uri(Path(self._dir) / "added.sqlite"),))
-            try:
-                for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-256"):
-                    conn.execute(f"PRAGMA a.{pragma}")
-                conn.execute("CREATE TABLE IF NOT EXISTS a.keys (h BLOB PRIMARY KEY) WITHOUT ROWID")
-                bound = "" if upto is None else f" AND added.rowid <= {int(upto)}"
-                conn.execute(
-                    f"WITH {ROW_POSITIONS_SQL} INSERT OR IGNORE INTO a.keys (h) SELECT "
-                    f"{ROW_KEY_SQL} AS k FROM added CROSS JOIN nums WHERE n < {ROW_SIZE_SQL} "
-                    f"AND added.rowid > {int(after)}{bound} ORDER BY k"
-                )
-            finally:
-                conn.execute("DETACH a")
-        except BaseException as exc:  # raised by the caller that joins
-            self._added_error = exc
+        with self._added_keys(conn):
+            for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-256"):
+                conn.execute(f"PRAGMA a.{pragma}")
+            conn.execute("CREATE TABLE IF NOT EXISTS a.keys (h BLOB PRIMARY KEY) WITHOUT ROWID")
+            bound = "" if upto is None else f" AND added.rowid <= {int(upto)}"
+            conn.execute(
+                f"WITH {ROW_POSITIONS_SQL} INSERT OR IGNORE INTO a.keys (h) SELECT "
+                f"{ROW_KEY_SQL} AS k FROM added CROSS JOIN nums WHERE n < {ROW_SIZE_SQL} "
+                f"AND added.rowid > {int(after)}{bound} ORDER BY k"
+            )
 
     def distinct_added(self) -> int:
         """How many distinct identifiers this run added (a member named in far-apart
         batches of a first run may have been sent twice: ADD is idempotent)."""
         with self._lock:
-            counted = self._added_count
-            self._join_added_count(raise_error=False)
-            self._added_count = None
-            if self._added_error is None:
-                self._count_added_rows(self._conn, counted[2] if counted else 0, None)
-            if self._added_error is not None:
-                # Counted in part: the next call starts over.
-                error, self._added_error = self._added_error, None
-                self._conn.execute("ATTACH ? AS a", (_file_uri(Path(self._dir) / "added.sqlite"),))
-                try:
-                    self._conn.execute("DROP TABLE IF EXISTS a.keys")
-                finally:
-                    self._conn.execute("DETACH a")
-                raise error
-            self._conn.execute("ATTACH ? AS a", (_file_uri(Path(self._dir) / "added.sqlite"),))
+            early, self._added_count = self._added_count, None
             try:
-                (count,) = self._conn.execute("SELECT COUNT(*) FROM a.keys").fetchone()
-                self._conn.execute("DROP TABLE a.keys")
+                if early is not None:
+                    early[0].result()
+                self._count_added_rows(self._conn, early[1] if early else 0, None)
+                with self._added_keys(self._conn):
+                    (count,) = self._conn.execute("SELECT COUNT(*) FROM a.keys").fetchone()
             finally:
-                self._conn.execute("DETACH a")
+                # Counted once, or in part (an error): the next call starts over.
+                with self._added_keys(self._conn):
+                    self._conn.execute("DROP TABLE IF EXISTS a.keys")
             return int(count)
 
     def _sources(self) -> list[str]:
@@ -515,43 +493,33 @@ class RunSet:
             return
         path, list_key = members
         target = Path(self._dir) / "held.sqlite"
-        conn = _connect(target, cache_kib=500)
         confirmed, doubtful = (
             confirmed_keys_sql("snap.", list_key),
             doubtful_keys_sql("snap.", list_key),
         )
 
-        def copy() -> None:
-            try:
-                conn.execute("ATTACH ? AS snap", (_file_uri(path) + "?mode=ro",))
-                conn.execute("PRAGMA snap.cache_size=-500")
-                conn.execute(
-                    "CREATE TABLE held (h BLOB PRIMARY KEY, confirmed INTEGER NOT NULL) "
-                    "WITHOUT ROWID"
-                )
-                # In key order: written page after page.
-                conn.execute(
-                    f"INSERT INTO held (h, confirmed) SELECT h, 1 FROM ({confirmed}) UNION ALL "
-                    f"SELECT h, 0 FROM ({doubtful}) ORDER BY 1"
-                )
-                conn.execute("DETACH snap")
-            except BaseException as exc:  # raised by the plan, in the writer thread
-                self._copy_error = exc
-            finally:
-                conn.close()
+        def copy(conn: sqlite3.Connection) -> None:
+            conn.execute("ATTACH ? AS snap", (_file_uri(path) + "?mode=ro",))
+            conn.execute("PRAGMA snap.cache_size=-500")
+            conn.execute(
+                "CREATE TABLE held (h BLOB PRIMARY KEY, confirmed INTEGER NOT NULL) WITHOUT ROWID"
+            )
+            # In key order: written page after page.
+            conn.execute(
+                f"INSERT INTO held (h, confirmed) SELECT h, 1 FROM ({confirmed}) UNION ALL "
+                f"SELECT h, 0 FROM ({doubtful}) ORDER BY 1"
+            )
+            conn.execute("DETACH snap")
 
-        thread = threading.Thread(target=copy, name="pinterest-mirror-copy", daemon=True)
-        self._copy = (thread, conn, snapshot.generation, _file_uri(target))
-        thread.start()
+        job = _Background("pinterest-mirror-copy", _connect(target, cache_kib=500), copy)
+        self._copy = (job, snapshot.generation, _file_uri(target))
 
     def _copied(self, snapshot: Snapshot) -> _Members | None:
         """The copy of the snapshot's members, once made, if they did not change since."""
         if self._copy is None:
             return None
-        thread, _, generation, uri = self._copy
-        thread.join()
-        if self._copy_error is not None:
-            raise self._copy_error
+        job, generation, uri = self._copy
+        job.result()
         if generation != snapshot.generation:
             return None
         return _Members(
@@ -765,20 +733,9 @@ class RunSet:
             yield [decode(row[1]) for row in rows]
 
     def close(self) -> None:
-        if self._copy is not None:
-            thread, copying, _, _ = self._copy
-            with contextlib.suppress(Exception):
-                copying.interrupt()
-            thread.join(timeout=10)
-        if self._added_count is not None:
-            thread, counting, _ = self._added_count
-            if counting is not None:
-                with contextlib.suppress(Exception):
-                    counting.interrupt()
-                thread.join(timeout=10)
-                if not thread.is_alive():  # never closed under a statement still running
-                    with contextlib.suppress(Exception):
-                        counting.close()
+        for job in (self._copy, self._added_count):
+            if job is not None:
+                job[0].stop()
         sorter = self._sorter
         if sorter is not None:
             self._sort_error = self._sort_error or RuntimeError("closed")  # skip the rest
@@ -801,6 +758,42 @@ def _connect(path: Path, *, cache_kib: int) -> sqlite3.Connection:
     for pragma in ("journal_mode=OFF", "synchronous=OFF", f"cache_size=-{int(cache_kib)}"):
         conn.execute(f"PRAGMA {pragma}")
     return conn
+
+
+class _Background:
+    """SQL run in a thread of its own on a connection of its own (closed when done), while
+    the run goes on; what it raised is raised by result()."""
+
+    def __init__(
+        self, name: str, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], None]
+    ) -> None:
+        self._conn = conn
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                work(conn)
+            except BaseException as exc:  # raised by result(), in the thread that asks
+                self._error = exc
+            finally:
+                conn.close()
+
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """Interrupt the SQL (a closed connection has nothing to interrupt), then wait."""
+        with contextlib.suppress(Exception):
+            self._conn.interrupt()
+        self._thread.join(timeout=10)
 
 
 @dataclass
@@ -893,7 +886,6 @@ class MirrorSync:
         #: Set once the input is read: what the end of the run is doing (progress line).
         self.phase: str | None = None
         writer.on_confirmed = self.confirmed
-        writer.in_flight_ids = set()  # an add streamed while in flight is not buffered again
         #: The list type of this run's identifiers, set with its first batch of them: how
         #: the run's keys are stored while its list has no snapshot (the run creates it).
         self.run_list_type: str | None = None
@@ -913,7 +905,10 @@ class MirrorSync:
             # One row read: a full count here would hold the pipeline up at its start (the
             # count the removal cap needs comes with the plan: nothing is written before).
             self.streaming = snapshot is None or not snapshot.holds_confirmed()
-            if snapshot is not None and not self.streaming:
+            if self.streaming:
+                # An add streamed while in flight is not buffered again (take).
+                self.writer.in_flight_ids = set()
+            elif snapshot is not None:
                 self.runset.copy_members(snapshot)
             if self._early_keeps is not None:
                 early, self._early_keeps = self._early_keeps, None
