@@ -51,6 +51,7 @@ from run import (
     ACCESS_TOKEN,
     AD_ACCOUNT,
     HERE,
+    MEMORY_GOAL,
     OUT,
     EmulatorProcess,
     Measure,
@@ -60,6 +61,7 @@ from run import (
     _median,
     check_ok,
     measure,
+    memory_verdict,
 )
 
 SEED = 20261202
@@ -211,8 +213,8 @@ def memory_runs(bench: MirrorBench, repeat: int) -> float:
     if repeat > 1:
         print(f"medians of {repeat}: {small:.1f} MB and {large:.1f} MB")
     print(
-        f"RSS(2,000,000) / RSS(200,000) = {large / small:.3f}   goal <= 1.10: "
-        f"{'MET' if large / small <= 1.10 else 'NOT MET'}"
+        f"RSS(2,000,000) / RSS(200,000) = {large / small:.3f}   goal <= {MEMORY_GOAL}: "
+        f"{memory_verdict(200_000, 2_000_000, large / small)}"
     )
     return large / small
 
@@ -322,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"memory  peak RSS {peak:.0f} MB at {n:,} members (goal < 300 MB): {verdict}")
         if flat is not None:
             print(
-                f"flat    RSS(2M) / RSS(200k) = {flat:.3f} (goal <= 1.10): "
-                f"{'MET' if flat <= 1.10 else 'NOT MET'}"
+                f"flat    RSS(2M) / RSS(200k) = {flat:.3f} (goal <= {MEMORY_GOAL}): "
+                f"{memory_verdict(200_000, 2_000_000, flat)}"
             )
         print(
             f"disk    {size / n:.1f} bytes per member after the seed, {steady_size / n:.1f} after "
